@@ -1,0 +1,100 @@
+"""The ``local`` connector: step commands as subprocesses of this host.
+
+Each command gets its own process group so that cancelling a step (Ctrl-C, a failed sibling)
+kills everything it started, not only the direct child. Redirections follow cwltool's
+``_job_popen``: stdin from the staged file or an immediately closed pipe, stdout/stderr to
+their files or to qflow's own stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import IO, Any
+
+from qflow.connector import Connector, JobOutcome, JobSpec, JobStartedCallback
+
+KILL_GRACE_S = 2.0
+"""Time a process group gets between SIGTERM and SIGKILL."""
+
+
+def _open_redirections(job: JobSpec) -> tuple[Any, Any, Any]:
+    stdin: Any = open(job.stdin_path, "rb") if job.stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    stdout: Any = open(job.stdout_path, "wb") if job.stdout_path else sys.stderr  # noqa: SIM115
+    stderr: Any = open(job.stderr_path, "wb") if job.stderr_path else sys.stderr  # noqa: SIM115
+    return stdin, stdout, stderr
+
+
+def _close(*files: IO[Any] | int) -> None:
+    for f in files:
+        if hasattr(f, "close") and f is not sys.stderr:
+            f.close()  # type: ignore[union-attr]
+
+
+def kill_process_group(pid: int, sig: int) -> None:
+    """Signal a whole process group; a group that is already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def terminate_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the process group, SIGKILL it if it outlives the grace period, reap it."""
+    kill_process_group(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+    except TimeoutError:
+        kill_process_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+    # children that ignored SIGTERM but whose leader exited
+    kill_process_group(proc.pid, signal.SIGKILL)
+
+
+class LocalConnector(Connector):
+    """Runs step commands on the orchestrator host."""
+
+    async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
+        stdin, stdout, stderr = _open_redirections(job)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *job.command,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                env=job.env,
+                cwd=job.cwd,
+                start_new_session=True,
+            )
+        finally:
+            _close(stdin, stdout, stderr)
+        started = time.time()
+        on_started(str(proc.pid))
+        limit = job.resources.time_limit_s
+        message = None
+        try:
+            if limit:
+                try:
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), limit)
+                except TimeoutError:
+                    message = f"exceeded its time limit of {limit} s and was terminated"
+                    await terminate_group(proc)
+            else:
+                await proc.wait()
+        except asyncio.CancelledError:
+            await terminate_group(proc)
+            raise
+        ended = time.time()
+        nodes = self.config.nodes
+        return JobOutcome(
+            exit_code=proc.returncode if proc.returncode is not None else -1,
+            message=message,
+            started=started,
+            ended=ended,
+            nodes=nodes,
+            node_seconds=nodes * (ended - started),
+            external_id=str(proc.pid),
+        )

@@ -1,0 +1,195 @@
+"""The ``qflow`` command: run, validate, report, connectors.
+
+Exit codes: 0 success, 1 workflow failure, 2 bad input found before anything was
+allocated, 130/143 interrupted (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from ruamel.yaml import YAML
+
+from qflow import __version__
+from qflow.deployment import Deployment, DeploymentError, embedded_default, load_deployment
+
+EXIT_BAD_INPUT = 2
+
+_err = Console(stderr=True, highlight=False)
+
+
+def _fail(message: str) -> int:
+    _err.print(f"qflow: error: {message}")
+    return EXIT_BAD_INPUT
+
+
+def looks_like_deployment(path: str) -> bool:
+    """A YAML mapping with a top-level ``locations`` key is a deployment, else a job order."""
+    try:
+        data = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - unreadable files are reported by whoever loads them
+        return path.endswith((".yml", ".yaml")) and "deploy" in Path(path).name
+    return isinstance(data, dict) and "locations" in data
+
+
+def _deployment(path: str | None) -> Deployment:
+    return load_deployment(path) if path else embedded_default()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qflow.engine.runner import run_cwl
+    from qflow.ledger import Ledger
+    from qflow.progress import Progress
+
+    deployment_path, job = args.deployment, args.job
+    if deployment_path and job is None and not looks_like_deployment(deployment_path):
+        deployment_path, job = None, deployment_path
+    for label, path in (("workflow", args.workflow), ("job order", job)):
+        if path and not Path(path).is_file():
+            return _fail(f"{label} file {path} does not exist. Fix: check the path")
+    try:
+        deployment = _deployment(deployment_path)
+    except DeploymentError as exc:
+        return _fail(str(exc))
+    outdir = Path(args.outdir).resolve()
+    report_path = args.report or str(outdir / "qflow-report.json")
+    state = outdir / ".qflow"
+    argv = [
+        "--outdir",
+        str(outdir),
+        "--tmpdir-prefix",
+        f"{state}/tmp/",
+        "--tmp-outdir-prefix",
+        f"{state}/steps/",
+        "--disable-color",
+    ]
+    if not args.verbose:
+        argv.append("--quiet")
+    if args.no_container:
+        argv.append("--no-container")
+    argv.append(args.workflow)
+    if job:
+        argv.append(job)
+    argv += args.inputs
+    ledger = Ledger()
+    if args.quiet:
+        result = run_cwl(argv, deployment, report_path=report_path, ledger=ledger)
+    else:
+        with Progress(ledger):
+            result = run_cwl(argv, deployment, report_path=report_path, ledger=ledger)
+    if result.report is not None and not args.quiet:
+        totals = result.report["totals"]
+        _err.print(
+            f"qflow: {result.status}: {totals['steps']} step executions, "
+            f"{totals['node_seconds']:.1f} node-s, {totals['qpu_seconds']:.1f} QPU-s, "
+            f"{totals['fallbacks']} fallbacks; report: {report_path}"
+        )
+    return result.exit_code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from qflow.validate import validate_workflow
+
+    try:
+        deployment = load_deployment(args.deployment)
+    except DeploymentError as exc:
+        return _fail(str(exc))
+    problems = validate_workflow(args.workflow, deployment)
+    if problems:
+        return _fail("\n".join(problems))
+    _err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qflow.report_table import ReportError, load_report, print_report
+
+    try:
+        report = load_report(args.report)
+    except ReportError as exc:
+        return _fail(str(exc))
+    print_report(report)
+    if args.plot:
+        from qflow.timeline import plot_timeline
+
+        plot_timeline(report, args.plot)
+        _err.print(f"timeline written to {args.plot}")
+    return 0
+
+
+def cmd_connectors(args: argparse.Namespace) -> int:
+    from qflow.connector import connector_class, registry
+
+    out = Console()
+    for name in sorted(registry()):
+        try:
+            cls = connector_class(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
+            out.print(f"[bold]{name}[/bold]: cannot be loaded ({exc})")
+            continue
+        kind = "quantum" if cls.quantum else "classical"
+        out.print(f"[bold]{name}[/bold] ({kind}, {cls.__module__}.{cls.__qualname__})")
+        for key, field in cls.Config.model_fields.items():
+            if key == "connector":
+                continue
+            default = "" if field.is_required() else f" = {field.default!r}"
+            out.print(f"    {key}{default}: {field.description or ''}", highlight=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qflow", description="Hybrid HPC + quantum workflows in CWL."
+    )
+    parser.add_argument("--version", action="version", version=f"qflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a CWL workflow on the locations of a deployment")
+    run.add_argument("workflow", help="CWL workflow or tool")
+    run.add_argument(
+        "deployment",
+        nargs="?",
+        help="deployment.yml (omitted: the embedded default, every step on this host)",
+    )
+    run.add_argument("job", nargs="?", help="job order (omitted: the workflow's defaults)")
+    run.add_argument("--outdir", default=".", help="where outputs and the report go")
+    run.add_argument("--report", help="run report path (default OUTDIR/qflow-report.json)")
+    run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    run.add_argument("--verbose", action="store_true", help="show cwltool's own log")
+    run.add_argument(
+        "--no-container", action="store_true", help="ignore DockerRequirement hints"
+    )
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a workflow and a deployment together")
+    validate.add_argument("workflow")
+    validate.add_argument("deployment")
+    validate.set_defaults(func=cmd_validate)
+
+    report = sub.add_parser("report", help="print a run report as a table")
+    report.add_argument("report", help="qflow-report.json")
+    report.add_argument("--plot", metavar="FILE.png", help="also draw the timeline")
+    report.set_defaults(func=cmd_report)
+
+    connectors = sub.add_parser("connectors", help="list installed connectors and their keys")
+    connectors.set_defaults(func=cmd_connectors)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="qflow: %(levelname)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `qflow run wf.cwl [dep] [job] -- --input value`: what follows `--` are workflow inputs
+    inputs = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    args = build_parser().parse_args(argv)
+    args.inputs = inputs
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

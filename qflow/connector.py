@@ -1,0 +1,171 @@
+"""The execution-connector contract and the connector registry.
+
+A connector decides *where a step's command runs* (this host, a Slurm job, a HyperQueue task).
+The engine hands it a fully prepared :class:`JobSpec` (command line, environment, working
+directory and redirections exactly as cwltool would run them) and awaits :meth:`Connector.run`.
+Cancelling that coroutine (``asyncio.CancelledError``) must release everything the job holds:
+kill the process group, ``scancel`` the job, cancel the task. Connectors never see CWL.
+
+Third-party packages register connectors through the ``qflow.connectors`` entry-point group;
+the built-ins are registered the same way in qflow's own ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENTRY_POINT_GROUP = "qflow.connectors"
+
+
+class LocationConfig(BaseModel):
+    """Keys every location accepts, whatever its connector.
+
+    A connector's own ``Config`` subclasses this and adds its keys; unknown keys are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connector: str = Field(description="Name of the connector that serves this location.")
+    slots: int = Field(
+        default=1,
+        ge=1,
+        description="How many step executions may run on this location at the same time.",
+    )
+    nodes: int = Field(
+        default=0,
+        ge=0,
+        description="Classical nodes one step execution holds here (for node-seconds). "
+        "Connectors that learn the real figure from the resource manager override it.",
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        description="How many times a failed step execution is resubmitted on this location.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What the step asked for (CWL ResourceRequirement, ToolTimeLimit, MPIRequirement).
+
+    Handed to the connector as requested; never checked against this host for remote
+    locations.
+    """
+
+    cores: float | None = None
+    ram_mib: float | None = None
+    tmpdir_mib: float | None = None
+    outdir_mib: float | None = None
+    time_limit_s: int | None = None
+    mpi_procs: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """One step execution, ready to run: what cwltool's ``_execute`` would start."""
+
+    name: str
+    """Unique within a run (cwltool's job name, e.g. ``annealing_3``)."""
+    step: str
+    """Full step path in the workflow, e.g. ``/loop/annealing``."""
+    iteration: int | None
+    """Innermost ``cwltool:Loop`` iteration (0-based), ``None`` outside loops."""
+    command: list[str]
+    cwd: str
+    env: dict[str, str]
+    stdin_path: str | None
+    stdout_path: str | None
+    """File the command's stdout goes to; ``None`` means qflow's own stderr (as cwltool)."""
+    stderr_path: str | None
+    resources: Resources
+
+
+@dataclasses.dataclass
+class JobOutcome:
+    """What a connector reports when a step execution has ended."""
+
+    exit_code: int
+    """The command's exit status; negative for a signal (as ``subprocess``)."""
+    message: str | None = None
+    """Why it failed, in the resource manager's words (Slurm reason, timeout, ...)."""
+    started: float | None = None
+    """Unix time the command started, from the resource manager's clock if it has one."""
+    ended: float | None = None
+    nodes: int | None = None
+    """Classical nodes actually held (overrides the location's ``nodes``)."""
+    node_seconds: float | None = None
+    """Node-seconds as the resource manager accounts them (overrides nodes × duration)."""
+    external_id: str | None = None
+
+
+JobStartedCallback = Callable[[str | None], None]
+"""Called by a connector when the command starts running, with its external id if any."""
+
+
+class Connector(abc.ABC):
+    """Base class of execution connectors: one instance per location in deployment.yml."""
+
+    Config: ClassVar[type[LocationConfig]] = LocationConfig
+    """The location keys this connector accepts (a pydantic model, extra keys forbidden)."""
+    quantum: ClassVar[bool] = False
+    """True for connectors whose locations are QPUs (reported as ``quantum`` per step)."""
+
+    def __init__(self, location: str, config: LocationConfig) -> None:
+        self.location = location
+        self.config = config
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the location (open sessions, check reachability); called once per run."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release whatever :meth:`start` acquired; called once at the end of a run."""
+
+    @abc.abstractmethod
+    async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
+        """Run one step execution to its end.
+
+        Must call ``on_started`` once when the command really starts (after any queueing).
+        On ``asyncio.CancelledError`` it must stop the job and free its resources, then
+        re-raise.
+        """
+
+
+class UnknownConnectorError(LookupError):
+    """Raised for a connector name that no installed package registers."""
+
+
+@cache
+def registry() -> dict[str, type[Connector]]:
+    """All connectors registered under the ``qflow.connectors`` entry-point group."""
+    found: dict[str, type[Connector]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep
+    return found  # type: ignore[return-value]
+
+
+def connector_class(name: str) -> type[Connector]:
+    """Load the connector class registered as ``name``."""
+    eps = registry()
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none"
+        raise UnknownConnectorError(
+            f"unknown connector {name!r} (installed: {known}); install the package that "
+            f"provides it or fix the name"
+        )
+    loaded: Any = eps[name]
+    if not isinstance(loaded, type):
+        loaded = loaded.load()
+        eps[name] = loaded  # type: ignore[assignment]
+    if not (isinstance(loaded, type) and issubclass(loaded, Connector)):
+        raise UnknownConnectorError(
+            f"entry point {name!r} in group {ENTRY_POINT_GROUP} does not name a "
+            f"qflow.connector.Connector subclass"
+        )
+    return loaded

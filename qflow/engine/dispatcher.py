@@ -1,0 +1,181 @@
+"""Runs submitted jobs on their connectors, on one asyncio event loop in its own thread.
+
+The cwltool side (the executor thread) calls :meth:`Dispatcher.submit` with the workflow lock
+held and returns at once. On the loop, each step execution is placed by the
+:class:`~qflow.mapping.Mapper`, run by its location's connector (retried per location), and
+recorded in the :class:`~qflow.ledger.Ledger`. Output collection and cwltool's callbacks run
+in a small thread pool so the loop never blocks on the workflow lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from qflow.connector import Connector, JobOutcome, JobSpec, connector_class
+from qflow.ledger import Ledger, StepRecord
+from qflow.mapping import Mapper
+
+if TYPE_CHECKING:
+    from qflow.deployment import Deployment
+    from qflow.engine.job import ConnectorJob
+
+_logger = logging.getLogger("qflow")
+
+CANCEL_TIMEOUT_S = 60.0
+"""Longest wait for connectors to clean up in-flight jobs after an interrupt."""
+
+
+class Dispatcher:
+    """Owns the event loop, the connectors of a run and the in-flight step executions."""
+
+    def __init__(self, deployment: Deployment, ledger: Ledger) -> None:
+        self.deployment = deployment
+        self.ledger = ledger
+        self.mapper = Mapper(
+            deployment.candidates,
+            {name: cfg.slots for name, cfg in deployment.locations.items()},
+        )
+        self.eval_lock: threading.Condition | None = None
+        self.in_flight = 0
+        """Step executions submitted and not yet delivered to cwltool (under eval_lock)."""
+        self.errors: list[str] = []
+        self._connectors: dict[str, Connector] = {}
+        self._connector_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="qflow-io", daemon=True)
+        self._thread.start()
+        self._collectors = concurrent.futures.ThreadPoolExecutor(4, "qflow-collect")
+
+    # -- called from the cwltool thread -------------------------------------------------
+    def submit(self, job: ConnectorJob, spec: JobSpec) -> None:
+        """Start a step execution; must be called with ``eval_lock`` held."""
+        self.in_flight += 1
+        record = self.ledger.submitted(spec.step, spec.iteration)
+        self._loop.call_soon_threadsafe(self._spawn, job, spec, record)
+
+    def cancel_all(self) -> None:
+        """Cancel every in-flight step execution and wait until connectors cleaned up."""
+        future = asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop)
+        try:
+            future.result(CANCEL_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            _logger.error("connectors did not finish cancelling within %.0f s", CANCEL_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Stop the connectors and the event loop."""
+        if self._loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._stop_connectors(), self._loop)
+        try:
+            future.result(CANCEL_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - closing must go on whatever a connector does
+            _logger.warning("stopping connectors: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._collectors.shutdown(wait=True)
+
+    # -- on the event loop --------------------------------------------------------------
+    def _spawn(self, job: ConnectorJob, spec: JobSpec, record: StepRecord) -> None:
+        task = self._loop.create_task(self._run(job, spec, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connector(self, location: str) -> Connector:
+        """The location's connector, created and started on first use."""
+        lock = self._connector_locks.setdefault(location, asyncio.Lock())
+        async with lock:
+            if location not in self._connectors:
+                config = self.deployment.locations[location]
+                connector = connector_class(config.connector)(location, config)
+                await connector.start()
+                self._connectors[location] = connector
+            return self._connectors[location]
+
+    async def _run(self, job: ConnectorJob, spec: JobSpec, record: StepRecord) -> None:
+        outcome: JobOutcome | None = None
+        error: str | None = None
+        try:
+            outcome = await self._run_with_retries(job, spec, record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a connector failure fails the step, not qflow
+            error = f"{type(exc).__name__}: {exc}"
+            if record.status in ("queued", "running"):
+                self.ledger.ended(record, "failed", message=error)
+        await self._loop.run_in_executor(self._collectors, self._deliver, job, outcome, error)
+
+    async def _run_with_retries(
+        self, job: ConnectorJob, spec: JobSpec, record: StepRecord
+    ) -> JobOutcome:
+        location = await self.mapper.place(spec.step)
+        try:
+            connector = await self._connector(location)
+            attempts = 1 + connector.config.retries
+            for attempt in range(1, attempts + 1):
+                if attempt > 1:
+                    record = self.ledger.submitted(spec.step, spec.iteration)
+                self.ledger.placed(record, location, connector.config.connector, connector.quantum)
+                outcome = await self._attempt(connector, spec, record)
+                ok = job.status_for(outcome.exit_code) == "success"
+                self.ledger.ended(
+                    record,
+                    "success" if ok else "failed",
+                    started=outcome.started,
+                    ended=outcome.ended,
+                    nodes=outcome.nodes,
+                    node_seconds=outcome.node_seconds,
+                    external_id=outcome.external_id,
+                    message=outcome.message,
+                )
+                if ok or attempt == attempts:
+                    return outcome
+                _logger.warning(
+                    "[job %s] failed on %s (attempt %d of %d), retrying",
+                    spec.name,
+                    location,
+                    attempt,
+                    attempts,
+                )
+            raise AssertionError("unreachable")
+        finally:
+            await self.mapper.release(location)
+
+    async def _attempt(
+        self, connector: Connector, spec: JobSpec, record: StepRecord
+    ) -> JobOutcome:
+        try:
+            return await connector.run(spec, lambda ext_id: self.ledger.started(record, ext_id))
+        except asyncio.CancelledError:
+            self.ledger.ended(record, "cancelled", message="cancelled by qflow")
+            raise
+
+    def _deliver(self, job: ConnectorJob, outcome: JobOutcome | None, error: str | None) -> None:
+        """Hand the result to cwltool (collect outputs, callback), then wake the executor."""
+        try:
+            job.finish(outcome, error)
+        except Exception as exc:  # noqa: BLE001 - reported as a run error below
+            _logger.exception("delivering the outputs of %s failed", job.name)
+            self.errors.append(f"{job.name}: {exc}")
+        finally:
+            assert self.eval_lock is not None
+            with self.eval_lock:
+                self.in_flight -= 1
+                self.eval_lock.notify_all()
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for record in self.ledger.records():
+            if record.status in ("queued", "running"):
+                self.ledger.ended(record, "cancelled", message="cancelled by qflow")
+
+    async def _stop_connectors(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self._connectors.values()))

@@ -1,0 +1,192 @@
+"""A cwltool job whose command runs through a connector instead of ``subprocess``.
+
+cwltool's ``CommandLineJob.run`` stages inputs and then calls ``_execute``, which blocks on
+the process. Here ``_execute`` builds a :class:`~qflow.connector.JobSpec` from the same job
+fields and hands it to the dispatcher, then returns at once: the executor keeps evaluating
+the workflow. When the connector reports the end, :meth:`ConnectorJob.finish` does what the
+second half of cwltool's ``_execute`` does (relink the working dir, collect outputs, call the
+output callback under ``workflow_eval_lock``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, cast
+
+from cwltool.context import RuntimeContext
+from cwltool.errors import WorkflowException
+from cwltool.job import CommandLineJob, relink_initialworkdir
+from cwltool.utils import bytes2str_in_dicts
+
+from qflow.connector import JobOutcome, JobSpec, Resources
+
+if TYPE_CHECKING:
+    import subprocess
+
+_logger = logging.getLogger("cwltool")  # job messages as cwltool words them, same verbosity
+
+
+def process_status(job: CommandLineJob, exit_code: int) -> str:
+    """Map an exit code to a CWL process status, honouring the tool's success/fail codes."""
+    if exit_code in job.successCodes:
+        return "success"
+    if exit_code in job.temporaryFailCodes:
+        return "temporaryFail"
+    if exit_code in job.permanentFailCodes:
+        return "permanentFail"
+    return "success" if exit_code == 0 else "permanentFail"
+
+
+class ConnectorJob(CommandLineJob):
+    """CommandLineJob whose execution is asynchronous and goes to a connector."""
+
+    step_path: str = "/"
+    iteration: int | None = None
+
+    def _execute(
+        self,
+        runtime: list[str],
+        env: MutableMapping[str, str],
+        runtimeContext: RuntimeContext,
+        monitor_function: Callable[[subprocess.Popen[str]], None] | None = None,
+    ) -> None:
+        dispatcher = runtimeContext.qflow_dispatcher  # type: ignore[attr-defined]
+        self._runtime_context = runtimeContext
+        try:
+            spec = self._job_spec(runtime, env, runtimeContext)
+        except WorkflowException as err:
+            _logger.error("[job %s] Job error:\n%s", self.name, err)
+            self._deliver({}, "permanentFail")
+            return
+        dispatcher.submit(self, spec)
+
+    def _job_spec(
+        self, runtime: list[str], env: MutableMapping[str, str], rc: RuntimeContext
+    ) -> JobSpec:
+        if self.mpi_procs:
+            menv = rc.mpi_config
+            mpi_prefix = [menv.runner, menv.nproc_flag, str(self.mpi_procs), *menv.extra_flags]
+            runtime = mpi_prefix + runtime
+            menv.pass_through_env_vars(env)
+            menv.set_env_vars(env)
+        stdin_path = None
+        if self.stdin is not None:
+            rmap = self.pathmapper.reversemap(self.stdin)
+            if rmap is None:
+                raise WorkflowException(f"{self.stdin} missing from pathmapper")
+            stdin_path = rmap[1]
+        self._stdout_path = self._log_path(self.stdout)
+        self._stderr_path = self._log_path(self.stderr)
+        commands = [str(x) for x in runtime + self.command_line]
+        if not commands:
+            raise WorkflowException(
+                "Cannot run a CommandLineTool that produces an empty command line. "
+                "Specify a 'baseCommand', 'arguments', and/or an input with an "
+                "'inputBinding' so there is a program to execute."
+            )
+        if rc.secret_store is not None:
+            commands = cast(list[str], rc.secret_store.retrieve(commands))  # type: ignore[arg-type]
+            env = cast(MutableMapping[str, str], rc.secret_store.retrieve(env))  # type: ignore[arg-type]
+        res = self.builder.resources
+        return JobSpec(
+            name=self.name,
+            step=self.step_path,
+            iteration=self.iteration,
+            command=commands,
+            cwd=self.outdir,
+            env=dict(env),
+            stdin_path=stdin_path,
+            stdout_path=self._stdout_path,
+            stderr_path=self._stderr_path,
+            resources=Resources(
+                cores=_number(res.get("cores")),
+                ram_mib=_number(res.get("ram")),
+                tmpdir_mib=_number(res.get("tmpdirSize")),
+                outdir_mib=_number(res.get("outdirSize")),
+                time_limit_s=self.timelimit or None,
+                mpi_procs=self.mpi_procs,
+            ),
+        )
+
+    def _log_path(self, relative: str | None) -> str | None:
+        if relative is None:
+            return None
+        path = os.path.join(self.base_path_logs, relative)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return path
+
+    def status_for(self, exit_code: int) -> str:
+        return process_status(self, exit_code)
+
+    def finish(self, outcome: JobOutcome | None, error: str | None = None) -> str:
+        """Collect outputs after the connector reported the end; returns the CWL status."""
+        rc = self._runtime_context
+        outputs: dict[str, Any] = {}
+        if outcome is None:
+            _logger.error("[job %s] could not run: %s", self.name, error)
+            status = "permanentFail"
+        else:
+            status = self.status_for(outcome.exit_code)
+            if status != "success":
+                why = f" ({outcome.message})" if outcome.message else ""
+                _logger.warning(
+                    "[job %s] exited with status: %d%s", self.name, outcome.exit_code, why
+                )
+            try:
+                if "listing" in self.generatefiles and self.generatemapper:
+                    relink_initialworkdir(
+                        self.generatemapper,
+                        self.outdir,
+                        self.builder.outdir,
+                        inplace_update=self.inplace_update,
+                    )
+                rc.log_dir_handler(
+                    self.outdir, self.base_path_logs, self._stdout_path, self._stderr_path
+                )
+                outputs = bytes2str_in_dicts(self.collect_outputs(self.outdir, outcome.exit_code))  # type: ignore[arg-type]
+            except WorkflowException as err:
+                _logger.error("[job %s] Job error:\n%s", self.name, err)
+                status = "permanentFail"
+            except Exception as err:  # noqa: BLE001 - cwltool reports any collection error this way
+                _logger.exception("Exception while collecting outputs of %s: %s", self.name, err)
+                status = "permanentFail"
+        self._forget_secret_files(rc)
+        self._deliver(outputs, status)
+        self._cleanup(rc)
+        return status
+
+    def _deliver(self, outputs: dict[str, Any], status: str) -> None:
+        log = _logger.info if status == "success" else _logger.warning
+        log("[job %s] completed %s", self.name, status)
+        if self.output_callback:
+            with self._runtime_context.workflow_eval_lock:  # type: ignore[union-attr]
+                self.output_callback(outputs, status)
+
+    def _forget_secret_files(self, rc: RuntimeContext) -> None:
+        """Delete generated files that contain secrets (as cwltool does)."""
+        if self.generatemapper is None or rc.secret_store is None:
+            return
+        for _, p in self.generatemapper.items():
+            if p.type == "CreateFile" and rc.secret_store.has_secret(p.resolved):
+                target = p.target
+                prefix = self.builder.outdir + "/"
+                if target.startswith(prefix):
+                    target = os.path.join(self.outdir, target[len(prefix) :])
+                os.remove(target)
+
+    def _cleanup(self, rc: RuntimeContext) -> None:
+        if rc.rm_tmpdir:
+            if self.stagedir is not None:
+                shutil.rmtree(self.stagedir, True)
+            shutil.rmtree(self.tmpdir, True)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

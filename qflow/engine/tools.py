@@ -1,0 +1,124 @@
+"""cwltool process classes that know where each job sits in the workflow.
+
+``make_tool`` is installed as ``LoadingContext.construct_tool_object``. It substitutes:
+
+* :class:`QflowCommandLineTool`, whose jobs are :class:`~qflow.engine.job.ConnectorJob` and
+  carry their full step path (``/loop/annealing``) and innermost loop iteration;
+* :class:`QflowWorkflow`, which tags each step of a workflow run with its path and counts
+  the iterations of ``cwltool:Loop`` steps (cwltool calls a loop step's ``job`` once per
+  iteration on the same step object).
+
+Both are carried down through ``RuntimeContext`` copies, so nesting, scatter and loops
+compose without qflow interpreting any CWL itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from cwltool.command_line_tool import CommandLineTool
+from cwltool.context import LoadingContext, RuntimeContext
+from cwltool.errors import UnsupportedRequirement
+from cwltool.job import CommandLineJob
+from cwltool.process import Process, shortname
+from cwltool.workflow import Workflow, default_make_tool
+from cwltool.workflow_job import WorkflowJob, WorkflowJobStep
+
+from qflow.engine.job import ConnectorJob
+
+STEP_PATH_ATTR = "qflow_step_path"
+ITERATION_ATTR = "qflow_iteration"
+
+
+def step_path_of(runtime_context: RuntimeContext, process: Process) -> str:
+    """The step path a job runs under; a bare tool run at top level is ``/<its name>``."""
+    path = getattr(runtime_context, STEP_PATH_ATTR, None)
+    return path or "/" + shortname(process.tool["id"]).removesuffix(".cwl")
+
+
+class QflowCommandLineTool(CommandLineTool):
+    """CommandLineTool whose jobs run through the connector of their mapped location."""
+
+    def make_job_runner(self, runtimeContext: RuntimeContext) -> type[CommandLineJob]:
+        runner = super().make_job_runner(runtimeContext)
+        if runner is not CommandLineJob:
+            raise UnsupportedRequirement(
+                "qflow does not run software containers yet: run with --no-container "
+                "or remove DockerRequirement from the tool's requirements"
+            )
+        return ConnectorJob
+
+    def job(
+        self, job_order: Any, output_callbacks: Any, runtimeContext: RuntimeContext
+    ) -> Iterator[Any]:
+        path = step_path_of(runtimeContext, self)
+        iteration = getattr(runtimeContext, ITERATION_ATTR, None)
+        for job in super().job(job_order, output_callbacks, runtimeContext):
+            if isinstance(job, ConnectorJob):
+                job.step_path = path
+                job.iteration = iteration
+            yield job
+
+
+class TaggedWorkflowJobStep(WorkflowJobStep):
+    """A workflow step run that passes its path and loop iteration to what it runs."""
+
+    def __init__(self, step: Any, parent_path: str) -> None:
+        super().__init__(step)
+        self.path = f"{parent_path}/{shortname(self.id)}"
+        self.is_loop = bool(self.tool.get("loop"))
+        self.calls = 0
+
+    def job(
+        self, joborder: Any, output_callback: Any, runtimeContext: RuntimeContext
+    ) -> Iterator[Any]:
+        runtimeContext = runtimeContext.copy()
+        setattr(runtimeContext, STEP_PATH_ATTR, self.path)
+        if self.is_loop:
+            setattr(runtimeContext, ITERATION_ATTR, self.calls)
+            self.calls += 1
+        yield from super().job(joborder, output_callback, runtimeContext)
+
+
+class QflowWorkflow(Workflow):
+    """Workflow whose step runs are tagged (see :class:`TaggedWorkflowJobStep`)."""
+
+    def job(
+        self, job_order: Any, output_callbacks: Any, runtimeContext: RuntimeContext
+    ) -> Iterator[Any]:
+        parent_path = getattr(runtimeContext, STEP_PATH_ATTR, None) or ""
+        for item in super().job(job_order, output_callbacks, runtimeContext):
+            if isinstance(item, WorkflowJob) and not getattr(item, "qflow_tagged", False):
+                # The WorkflowJob is yielded before its steps run, so replacing them here
+                # is seen by everything that follows.
+                item.steps = [TaggedWorkflowJobStep(s.step, parent_path) for s in item.steps]
+                item.qflow_tagged = True  # type: ignore[attr-defined]
+            yield item
+
+
+def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Process:
+    """``construct_tool_object`` hook: qflow's classes for tools and workflows."""
+    cls = toolpath_object.get("class") if hasattr(toolpath_object, "get") else None
+    if cls == "CommandLineTool":
+        return QflowCommandLineTool(toolpath_object, loading_context)
+    if cls == "Workflow":
+        return QflowWorkflow(toolpath_object, loading_context)
+    return default_make_tool(toolpath_object, loading_context)
+
+
+def step_paths(process: Process, prefix: str = "") -> list[str]:
+    """Every step path of a loaded process (workflow steps, recursively), in order.
+
+    These are the keys deployment.yml binds; a bare tool has the single path ``/<name>``.
+    """
+    if not isinstance(process, Workflow):
+        return ["/" + shortname(process.tool["id"]).removesuffix(".cwl")] if not prefix else []
+    paths: list[str] = []
+    for step in process.steps:
+        if not isinstance(step.embedded_tool, (Workflow, CommandLineTool)):
+            continue  # ExpressionTools and operations run inside the engine, nowhere else
+        path = f"{prefix}/{shortname(step.id)}"
+        paths.append(path)
+        paths.extend(step_paths(step.embedded_tool, path))
+    return paths

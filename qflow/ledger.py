@@ -1,0 +1,159 @@
+"""One record per step execution, and the run report built from them.
+
+The report's shape is part of qflow's outside contract (docs/report.md). Node-seconds count
+what was *held*: nodes × seconds of every allocation, as the papers count them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from qflow import __version__
+
+StepStatus = Literal["queued", "running", "success", "failed", "cancelled", "reused"]
+RunStatus = Literal["success", "failed", "cancelled"]
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """A step execution as the report shows it (field names are the contract's)."""
+
+    step: str
+    iteration: int | None
+    location: str | None = None
+    connector: str | None = None
+    quantum: bool = False
+    fallback: bool = False
+    fallback_reason: str | None = None
+    submitted: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    nodes: int = 0
+    node_seconds: float = 0.0
+    qpu_seconds: float = 0.0
+    external_id: str | None = None
+    status: StepStatus = "queued"
+    message: str | None = None
+    """Why it failed or was retried (not in the contract's required fields; extra)."""
+
+    def as_report(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+Listener = Callable[[str, StepRecord], None]
+"""Called with an event name (``submitted``, ``started``, ``ended``) and the record."""
+
+
+class Ledger:
+    """Thread-safe list of step records; listeners see every change (progress display)."""
+
+    def __init__(self) -> None:
+        self._records: list[StepRecord] = []
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, event: str, record: StepRecord) -> None:
+        for listener in self._listeners:
+            listener(event, record)
+
+    def submitted(self, step: str, iteration: int | None) -> StepRecord:
+        record = StepRecord(step=step, iteration=iteration, submitted=time.time())
+        with self._lock:
+            self._records.append(record)
+        self._emit("submitted", record)
+        return record
+
+    def placed(self, record: StepRecord, location: str, connector: str, quantum: bool) -> None:
+        record.location, record.connector, record.quantum = location, connector, quantum
+
+    def started(self, record: StepRecord, external_id: str | None) -> None:
+        record.started = time.time()
+        record.external_id = external_id
+        record.status = "running"
+        self._emit("started", record)
+
+    def ended(
+        self,
+        record: StepRecord,
+        status: StepStatus,
+        *,
+        started: float | None = None,
+        ended: float | None = None,
+        nodes: int | None = None,
+        node_seconds: float | None = None,
+        external_id: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Close a record; figures from the resource manager win over qflow's clock."""
+        record.ended = ended if ended is not None else time.time()
+        if started is not None:
+            record.started = started
+        if record.started is None:
+            record.started = record.ended
+        if nodes is not None:
+            record.nodes = nodes
+        if node_seconds is None:
+            node_seconds = record.nodes * max(0.0, record.ended - record.started)
+        record.node_seconds = node_seconds
+        record.external_id = external_id or record.external_id
+        record.message = message
+        record.status = status
+        self._emit("ended", record)
+
+    def records(self) -> list[StepRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def report(
+        self,
+        *,
+        workflow: str,
+        deployment: str,
+        status: RunStatus,
+        started: float,
+        ended: float,
+        outputs: Any = None,
+    ) -> dict[str, Any]:
+        records = self.records()
+        steps = [r.as_report() for r in records]
+        totals = {
+            "node_seconds": sum(r.node_seconds for r in records),
+            "qpu_seconds": sum(r.qpu_seconds for r in records),
+            "steps": len(records),
+            "fallbacks": sum(1 for r in records if r.fallback),
+            "queue_wait_s": sum(
+                max(0.0, r.started - r.submitted) for r in records if r.started is not None
+            ),
+        }
+        report: dict[str, Any] = {
+            "qflow_version": __version__,
+            "workflow": workflow,
+            "deployment": deployment,
+            "status": status,
+            "started": started,
+            "ended": ended,
+            "wall_s": ended - started,
+            "steps": steps,
+            "totals": totals,
+        }
+        if outputs is not None:
+            report["outputs"] = outputs
+        return report
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write atomically, so an interrupted write never leaves a truncated report."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(target)

@@ -1,0 +1,83 @@
+"""``qflow report``: a run report as a table per step execution, with totals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+class ReportError(ValueError):
+    """The file is not a qflow run report."""
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ReportError(f"{path}: no such file. Fix: give the path of a qflow-report.json") from exc
+    except json.JSONDecodeError as exc:
+        raise ReportError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg}). Fix: give a qflow run report"
+        ) from exc
+    if not isinstance(data, dict) or "steps" not in data or "totals" not in data:
+        raise ReportError(
+            f"{path}: not a qflow run report (no 'steps'/'totals'). "
+            "Fix: give the qflow-report.json that 'qflow run' wrote"
+        )
+    return data
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    t0 = report.get("started") or 0.0
+    table = Table(
+        title=f"{report.get('workflow', '')} on {report.get('deployment', '')}: "
+        f"{report.get('status')} in {_fmt(report.get('wall_s'))} s",
+        show_footer=True,
+    )
+    totals = report["totals"]
+    columns = [
+        ("step", f"{totals['steps']} executions"),
+        ("iter", ""),
+        ("location", ""),
+        ("status", f"{totals['fallbacks']} fallbacks"),
+        ("start s", ""),
+        ("run s", ""),
+        ("wait s", _fmt(totals["queue_wait_s"])),
+        ("nodes", ""),
+        ("node-s", _fmt(totals["node_seconds"])),
+        ("QPU-s", _fmt(totals["qpu_seconds"])),
+        ("id", ""),
+    ]
+    for name, footer in columns:
+        table.add_column(name, footer=footer, justify="right" if name.endswith("s") else "left")
+    for s in report["steps"]:
+        started, ended = s.get("started"), s.get("ended")
+        run = ended - started if started is not None and ended is not None else None
+        wait = started - s["submitted"] if started is not None else None
+        status = s["status"] + (" (fallback)" if s.get("fallback") else "")
+        table.add_row(
+            s["step"],
+            "" if s.get("iteration") is None else str(s["iteration"]),
+            s.get("location") or "-",
+            status,
+            _fmt(started - t0 if started is not None else None),
+            _fmt(run),
+            _fmt(wait),
+            str(s.get("nodes", 0)),
+            _fmt(s.get("node_seconds")),
+            _fmt(s.get("qpu_seconds")),
+            s.get("external_id") or "",
+        )
+    return table
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    (console or Console()).print(report_table(report))

@@ -1,0 +1,42 @@
+"""``qflow validate``: load a workflow with cwltool and check it against a deployment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from cwltool.context import LoadingContext
+from cwltool.load_tool import load_tool
+from cwltool.main import setup_schema
+from cwltool.process import Process
+from schema_salad.exceptions import ValidationException
+
+from qflow.deployment import Deployment
+from qflow.engine.tools import make_tool, step_paths
+
+
+def load_process(workflow: str) -> Process:
+    """Load and validate a CWL document the way ``qflow run`` does (extensions on)."""
+    setup_schema(argparse.Namespace(enable_ext=True), None)
+    context = LoadingContext()
+    context.construct_tool_object = make_tool
+    return load_tool(str(Path(workflow).resolve()), context)
+
+
+def validate_workflow(workflow: str, deployment: Deployment) -> list[str]:
+    """Problems that would stop a run before anything is allocated; [] when none."""
+    if not Path(workflow).is_file():
+        return [f"{workflow}: no such file. Fix: check the path of the CWL workflow"]
+    cwltool_log = logging.getLogger("cwltool")
+    level = cwltool_log.level
+    cwltool_log.setLevel(logging.ERROR)
+    try:
+        process = load_process(workflow)
+    except ValidationException as exc:
+        return [f"{workflow}: invalid CWL:\n{exc}"]
+    except Exception as exc:  # noqa: BLE001 - cwltool raises many kinds; all are bad input
+        return [f"{workflow}: cannot be loaded: {exc}"]
+    finally:
+        cwltool_log.setLevel(level)
+    return deployment.check_steps(step_paths(process))

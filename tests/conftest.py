@@ -1,0 +1,64 @@
+"""Shared fixtures: paths, deployments written on the fly, running qflow in-process or as a CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qflow.connector import Connector, registry
+from qflow.deployment import Deployment, parse_deployment
+from qflow.engine.runner import RunResult, run_cwl
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = REPO.parent / "shared"
+
+
+def deployment_from(text: str, source: str = "test-deployment.yml") -> Deployment:
+    return parse_deployment(textwrap.dedent(text), source)
+
+
+def run_in_process(
+    workflow: Path, deployment: Deployment, outdir: Path, *job_args: str
+) -> tuple[RunResult, dict | None]:
+    """Run through the same path as ``qflow run`` (minus the CLI), return result and outputs."""
+    out = io.StringIO()
+    argv = ["--quiet", "--outdir", str(outdir), str(workflow), *job_args]
+    result = run_cwl(argv, deployment, stdout=out, report_path=str(outdir / "qflow-report.json"))
+    text = out.getvalue().strip()
+    return result, (json.loads(text) if text else None)
+
+
+def qflow_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run the real ``qflow`` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "qflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kwargs.pop("cwd", REPO),
+        env=kwargs.pop("env", os.environ.copy()),
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def register_connector() -> Iterator:
+    """Register connector classes under test names for one test, then remove them."""
+    added: list[str] = []
+
+    def add(name: str, cls: type[Connector]) -> None:
+        registry()[name] = cls  # type: ignore[assignment]
+        added.append(name)
+
+    yield add
+    for name in added:
+        registry().pop(name, None)

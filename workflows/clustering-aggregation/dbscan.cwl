@@ -1,0 +1,30 @@
+#!/usr/bin/env cwl-runner
+cwlVersion: v1.2
+class: CommandLineTool
+label: dbscan
+doc: "DBSCAN, eps ~ U[1.2, 4.5) drawn from seed + 0xE4, min_samples 10. Noise stays label -1 (no cluster). Writes dbscan.npy (int64 labels, -1 = no cluster)."
+requirements:
+  ResourceRequirement:
+    coresMin: 1
+    ramMin: 512
+  ToolTimeLimit:
+    timelimit: 300
+baseCommand: python3
+arguments:
+  - {position: 1, valueFrom: dbscan}
+  - {position: 20, prefix: --output, valueFrom: dbscan.npy}
+inputs:
+  script:
+    type: File
+    default: {class: File, location: clagg.py}
+    inputBinding: {position: 0}
+  points:
+    type: File
+    inputBinding: {position: 2, prefix: --points}
+  seed:
+    type: int
+    inputBinding: {position: 3, prefix: --seed}
+outputs:
+  labels:
+    type: File
+    outputBinding: {glob: dbscan.npy}

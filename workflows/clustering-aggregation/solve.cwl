@@ -1,0 +1,42 @@
+#!/usr/bin/env cwl-runner
+cwlVersion: v1.2
+class: CommandLineTool
+label: solve
+doc: |
+  Classical implementation of the quantum-candidate step: simulated annealing
+  (dwave-samplers SimulatedAnnealingSampler) on the QUBO, deterministic for a given seed.
+  Writes solution.json (selected variable indices, energy, solver name).
+requirements:
+  ResourceRequirement:
+    coresMin: 1
+    ramMin: 256
+  ToolTimeLimit:
+    timelimit: 300
+baseCommand: python3
+arguments:
+  - {position: 1, valueFrom: solve}
+  - {position: 20, prefix: --output, valueFrom: solution.json}
+inputs:
+  script:
+    type: File
+    default: {class: File, location: clagg.py}
+    inputBinding: {position: 0}
+  qubo:
+    type: File
+    inputBinding: {position: 2, prefix: --qubo}
+  num_reads:
+    type: int
+    default: 100
+    inputBinding: {position: 3, prefix: --num-reads}
+  num_sweeps:
+    type: int
+    default: 1000
+    inputBinding: {position: 4, prefix: --num-sweeps}
+  seed:
+    type: int
+    default: 0
+    inputBinding: {position: 5, prefix: --seed}
+outputs:
+  solution:
+    type: File
+    outputBinding: {glob: solution.json}
