@@ -42,14 +42,32 @@ def kill_process_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-async def terminate_group(proc: asyncio.subprocess.Process) -> None:
+async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for a child without blocking the loop or a watcher thread (Linux pidfd)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    loop = asyncio.get_running_loop()
+    fd = os.pidfd_open(proc.pid)
+    try:
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
+async def terminate_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, SIGKILL it if it outlives the grace period, reap it."""
     kill_process_group(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+        await asyncio.wait_for(wait_exit(proc), KILL_GRACE_S)
     except TimeoutError:
         kill_process_group(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await wait_exit(proc)
     # children that ignored SIGTERM but whose leader exited
     kill_process_group(proc.pid, signal.SIGKILL)
 
@@ -60,13 +78,14 @@ class LocalConnector(Connector):
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         stdin, stdout, stderr = _open_redirections(job)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *job.command,
+            proc = subprocess.Popen(
+                job.command,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,
                 env=job.env,
                 cwd=job.cwd,
+                close_fds=True,
                 start_new_session=True,
             )
         finally:
@@ -78,12 +97,12 @@ class LocalConnector(Connector):
         try:
             if limit:
                 try:
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), limit)
+                    await asyncio.wait_for(wait_exit(proc), limit)
                 except TimeoutError:
                     message = f"exceeded its time limit of {limit} s and was terminated"
                     await terminate_group(proc)
             else:
-                await proc.wait()
+                await wait_exit(proc)
         except asyncio.CancelledError:
             await terminate_group(proc)
             raise

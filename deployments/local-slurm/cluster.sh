@@ -118,8 +118,8 @@ kill_wait() { # kill_wait SECONDS PID... : SIGTERM, wait, then SIGKILL what is l
     local secs=$1
     shift
     [ $# -gt 0 ] || return 0
-    kill -TERM "$@" 2>/dev/null || true
-    local i left
+    local i left=("$@")
+    if [ "$secs" -gt 0 ]; then kill -TERM "$@" 2>/dev/null || true; fi
     for ((i = 0; i < secs * 20; i++)); do
         left=()
         for p in "$@"; do running "$p" && left+=("$p"); done
@@ -137,21 +137,29 @@ kill_wait() { # kill_wait SECONDS PID... : SIGTERM, wait, then SIGKILL what is l
 }
 
 do_stop() {
-    local tag tmp p ctld munged nodepids=() rest=()
+    local tag tmp p ctld munged stepds=() slurmds=() rest=()
     tag=$(tag_of)
     tmp=$(cat "$DIR/tmpdir" 2>/dev/null || true)
     ctld=$(alive "$DIR/slurmctld.pid") || ctld=""
     munged=$(alive "$DIR/munged.pid") || munged=""
-    # The cluster is thrown away, so its jobs are not cancelled through the controller:
-    # first the slurmds and slurmstepds with their process trees (job processes included),
-    # then the controller, then munged.
+    # The cluster is thrown away, so its jobs are not cancelled through the controller.
+    # slurmstepd ignores SIGTERM: SIGKILL the step daemons with their process trees (the job
+    # processes) at once; then the slurmds (they exit on SIGTERM within milliseconds while the
+    # controller still answers), then the controller, then munged; SIGKILL after 3 s.
     while read -r p; do
         [ -n "$p" ] || continue
-        if [ "$p" != "$ctld" ] && [ "$p" != "$munged" ]; then nodepids+=("$p"); fi
+        case $(cat "/proc/$p/comm" 2>/dev/null) in
+        slurmstepd) stepds+=("$p") ;;
+        slurmd) slurmds+=("$p") ;;
+        esac
     done < <(cluster_pids "$tag")
-    if [ ${#nodepids[@]} -gt 0 ]; then
+    if [ ${#stepds[@]} -gt 0 ]; then
         # shellcheck disable=SC2046
-        kill_wait 3 $(descendants "${nodepids[@]}")
+        kill_wait 0 $(descendants "${stepds[@]}")
+    fi
+    if [ ${#slurmds[@]} -gt 0 ]; then
+        # shellcheck disable=SC2046
+        kill_wait 3 $(descendants "${slurmds[@]}")
     fi
     # shellcheck disable=SC2046
     [ -n "$ctld" ] && kill_wait 3 $(descendants "$ctld")

@@ -1,17 +1,20 @@
 """Runs submitted jobs on their connectors, on one asyncio event loop in its own thread.
 
-The cwltool side (the executor thread) calls :meth:`Dispatcher.submit` with the workflow lock
-held and returns at once. On the loop, each step execution is placed by the
-:class:`~qflow.mapping.Mapper`, run by its location's connector (retried per location), and
-recorded in the :class:`~qflow.ledger.Ledger`. Output collection and cwltool's callbacks run
-in a small thread pool so the loop never blocks on the workflow lock.
+The cwltool side (the executor thread) calls :meth:`Dispatcher.submit` and returns at once.
+On the loop, each step execution is placed by the :class:`~qflow.mapping.Mapper`, run by its
+location's connector (retried per location) and recorded in the
+:class:`~qflow.ledger.Ledger`. Finished executions come back through a queue that the
+executor thread drains: output collection and cwltool's callbacks run there, so all of
+cwltool's state is touched by one thread and a completion costs one thread hop, not two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
+import queue
 import threading
 from typing import TYPE_CHECKING
 
@@ -29,6 +32,15 @@ CANCEL_TIMEOUT_S = 60.0
 """Longest wait for connectors to clean up in-flight jobs after an interrupt."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """A finished step execution, waiting for the executor thread to deliver it."""
+
+    job: ConnectorJob
+    outcome: JobOutcome | None
+    error: str | None
+
+
 class Dispatcher:
     """Owns the event loop, the connectors of a run and the in-flight step executions."""
 
@@ -39,24 +51,31 @@ class Dispatcher:
             deployment.candidates,
             {name: cfg.slots for name, cfg in deployment.locations.items()},
         )
-        self.eval_lock: threading.Condition | None = None
         self.in_flight = 0
-        """Step executions submitted and not yet delivered to cwltool (under eval_lock)."""
-        self.errors: list[str] = []
+        """Step executions submitted and not yet delivered (executor thread only)."""
+        self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
         self._connectors: dict[str, Connector] = {}
         self._connector_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="qflow-io", daemon=True)
         self._thread.start()
-        self._collectors = concurrent.futures.ThreadPoolExecutor(4, "qflow-collect")
 
     # -- called from the cwltool thread -------------------------------------------------
     def submit(self, job: ConnectorJob, spec: JobSpec) -> None:
-        """Start a step execution; must be called with ``eval_lock`` held."""
+        """Start a step execution (returns at once)."""
         self.in_flight += 1
         record = self.ledger.submitted(spec.step, spec.iteration)
         self._loop.call_soon_threadsafe(self._spawn, job, spec, record)
+
+    def next_completion(self, block: bool = True) -> Completion | None:
+        """The next finished step execution (None if ``block`` is false and there is none)."""
+        try:
+            completion = self._completions.get(block=block)
+        except queue.Empty:
+            return None
+        self.in_flight -= 1
+        return completion
 
     def cancel_all(self) -> None:
         """Cancel every in-flight step execution and wait until connectors cleaned up."""
@@ -78,7 +97,6 @@ class Dispatcher:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
-        self._collectors.shutdown(wait=True)
 
     # -- on the event loop --------------------------------------------------------------
     def _spawn(self, job: ConnectorJob, spec: JobSpec, record: StepRecord) -> None:
@@ -108,7 +126,7 @@ class Dispatcher:
             error = f"{type(exc).__name__}: {exc}"
             if record.status in ("queued", "running"):
                 self.ledger.ended(record, "failed", message=error)
-        await self._loop.run_in_executor(self._collectors, self._deliver, job, outcome, error)
+        self._completions.put(Completion(job, outcome, error))
 
     async def _run_with_retries(
         self, job: ConnectorJob, spec: JobSpec, record: StepRecord
@@ -154,19 +172,6 @@ class Dispatcher:
         except asyncio.CancelledError:
             self.ledger.ended(record, "cancelled", message="cancelled by qflow")
             raise
-
-    def _deliver(self, job: ConnectorJob, outcome: JobOutcome | None, error: str | None) -> None:
-        """Hand the result to cwltool (collect outputs, callback), then wake the executor."""
-        try:
-            job.finish(outcome, error)
-        except Exception as exc:  # noqa: BLE001 - reported as a run error below
-            _logger.exception("delivering the outputs of %s failed", job.name)
-            self.errors.append(f"{job.name}: {exc}")
-        finally:
-            assert self.eval_lock is not None
-            with self.eval_lock:
-                self.in_flight -= 1
-                self.eval_lock.notify_all()
 
     async def _cancel_all(self) -> None:
         tasks = list(self._tasks)

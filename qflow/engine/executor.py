@@ -4,7 +4,8 @@ cwltool's job generator is driven with ``workflow_eval_lock`` held. A runnable j
 started and the loop moves on at once: :class:`~qflow.engine.job.ConnectorJob` submits to
 the dispatcher, in-engine jobs (ExpressionTool, workflow bookkeeping, cache hits) run inline.
 A ``None`` from the generator means "nothing runnable until something finishes": the
-executor waits on the lock's condition, which the dispatcher notifies after each completion.
+executor takes the next completion from the dispatcher and delivers it (collects outputs,
+calls cwltool's callback) on this thread, which holds ``workflow_eval_lock`` throughout.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cwltool.errors import WorkflowException
 from cwltool.executors import JobExecutor
 from cwltool.process import Process
 
-from qflow.engine.dispatcher import Dispatcher
+from qflow.engine.dispatcher import Completion, Dispatcher
 from qflow.engine.tools import step_paths
 
 
@@ -34,6 +35,7 @@ class QflowExecutor(JobExecutor):
         self.started_running = False
         """True once the workflow passed the binding check and jobs may be submitted."""
         self.bad_input: list[str] = []
+        self.errors: list[str] = []
 
     def run_jobs(
         self,
@@ -49,24 +51,35 @@ class QflowExecutor(JobExecutor):
         self.started_running = True
         lock = runtime_context.workflow_eval_lock
         assert lock is not None
-        self.dispatcher.eval_lock = lock
         runtime_context.qflow_dispatcher = self.dispatcher  # type: ignore[attr-defined]
+        dispatcher = self.dispatcher
 
         jobs = process.job(job_order_object, self.output_callback, runtime_context)
         with lock:
             for job in jobs:
                 if job is None:
-                    if self.dispatcher.in_flight == 0:
+                    if dispatcher.in_flight == 0:
                         logger.error("Workflow cannot make any more progress.")
                         break
-                    lock.wait()
+                    self._deliver(dispatcher.next_completion())
+                    while completion := dispatcher.next_completion(block=False):
+                        self._deliver(completion)
                     continue
                 if runtime_context.builder is not None and hasattr(job, "builder"):
                     job.builder = runtime_context.builder
                 if job.outdir is not None:
                     self.output_dirs.add(job.outdir)
                 job.run(runtime_context)
-            while self.dispatcher.in_flight:
-                lock.wait()
-        if self.dispatcher.errors:
-            raise WorkflowException("; ".join(self.dispatcher.errors))
+            while dispatcher.in_flight:
+                self._deliver(dispatcher.next_completion())
+        if self.errors:
+            raise WorkflowException("; ".join(self.errors))
+
+    def _deliver(self, completion: Completion | None) -> None:
+        """Collect a finished job's outputs and hand them to cwltool."""
+        assert completion is not None
+        try:
+            completion.job.finish(completion.outcome, completion.error)
+        except Exception as exc:  # noqa: BLE001 - reported as a run error, the run goes on
+            logging.getLogger("qflow").exception("delivering %s failed", completion.job.name)
+            self.errors.append(f"{completion.job.name}: {exc}")

@@ -90,6 +90,7 @@ def run_cwl(
     log_handler = logging.StreamHandler(sys.stderr)  # plain, instead of cwltool's coloredlogs
     cwltool_logger = logging.getLogger("cwltool")
     cwltool_logger.propagate = False  # its handler's level follows --quiet/--debug
+    logging.getLogger("salad").propagate = False  # cwltool gives salad the same handler
     started = time.time()
     status: RunStatus
     try:
