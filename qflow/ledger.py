@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +64,13 @@ class Ledger:
 
     def _emit(self, event: str, record: StepRecord) -> None:
         for listener in self._listeners:
-            listener(event, record)
+            try:
+                listener(event, record)
+            except Exception:  # noqa: BLE001 - a broken display must never break a run
+                self._listeners.remove(listener)
+                logging.getLogger("qflow").warning(
+                    "progress display failed and was switched off", exc_info=True
+                )
 
     def submitted(self, step: str, iteration: int | None) -> StepRecord:
         record = StepRecord(step=step, iteration=iteration, submitted=time.time())

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 from cwltool.context import LoadingContext
 from cwltool.load_tool import load_tool
-from cwltool.main import setup_schema
 from cwltool.process import Process
 from schema_salad.exceptions import ValidationException
 
 from qflow.deployment import Deployment
+from qflow.engine.schema import install_schemas
 from qflow.engine.tools import make_tool, step_paths
 
 
 def load_process(workflow: str) -> Process:
     """Load and validate a CWL document the way ``qflow run`` does (extensions on)."""
-    setup_schema(argparse.Namespace(enable_ext=True), None)
+    install_schemas()
     context = LoadingContext()
     context.construct_tool_object = make_tool
     return load_tool(str(Path(workflow).resolve()), context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from qflow.connectors.local import LocalConnector
 from conftest import DATA, REPO, deployment_from, run_in_process
 from qflow.connector import JobOutcome, JobSpec, JobStartedCallback
 from qflow.deployment import embedded_default
+from qflow.engine.runner import run_cwl
 
 
 def _max_overlap(records: list[dict]) -> int:
@@ -211,3 +213,48 @@ def test_interrupt_cancels_running_steps(tmp_path: Path, sig: int, code: int):
     report = json.loads((outdir / "qflow-report.json").read_text())
     assert report["status"] == "cancelled"
     assert [r["status"] for r in report["steps"]] == ["cancelled"]
+
+
+class BrokenConnector(LocalConnector):
+    """A connector whose submission fails (e.g. an unreachable resource manager)."""
+
+    async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
+        raise ConnectionError("resource manager unreachable")
+
+
+def test_connector_error_fails_the_step_not_the_engine(tmp_path: Path, register_connector):
+    register_connector("broken", BrokenConnector)
+    deployment = deployment_from(
+        """
+        version: 1
+        locations:
+          bad: {connector: broken}
+        bindings:
+          default: bad
+        """
+    )
+    result, _ = run_in_process(DATA / "loop-counter.cwl", deployment, tmp_path)
+    assert result.exit_code == 1
+    (record,) = result.report["steps"]
+    assert record["status"] == "failed"
+    assert "resource manager unreachable" in record["message"]
+
+
+def test_a_failing_progress_listener_does_not_break_the_run(tmp_path: Path):
+    from qflow.ledger import Ledger
+
+    ledger = Ledger()
+
+    def broken(event: str, record: object) -> None:
+        raise BrokenPipeError("stderr closed")
+
+    ledger.subscribe(broken)
+    out = io.StringIO()
+    result = run_cwl(
+        ["--quiet", "--outdir", str(tmp_path), str(DATA / "loop-counter.cwl")],
+        embedded_default(),
+        stdout=out,
+        ledger=ledger,
+    )
+    assert result.exit_code == 0
+    assert json.loads(out.getvalue()) == {"o": 4}

@@ -54,6 +54,7 @@ class Dispatcher:
         self.in_flight = 0
         """Step executions submitted and not yet delivered (executor thread only)."""
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+        self._cancelling = False
         self._connectors: dict[str, Connector] = {}
         self._connector_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -70,10 +71,15 @@ class Dispatcher:
 
     def next_completion(self, block: bool = True) -> Completion | None:
         """The next finished step execution (None if ``block`` is false and there is none)."""
-        try:
-            completion = self._completions.get(block=block)
-        except queue.Empty:
-            return None
+        while True:
+            try:
+                completion = self._completions.get(block=block, timeout=1.0 if block else None)
+                break
+            except queue.Empty:
+                if not block:
+                    return None
+                if not self._thread.is_alive():
+                    raise RuntimeError("qflow's I/O thread stopped; see the error above") from None
         self.in_flight -= 1
         return completion
 
@@ -124,9 +130,13 @@ class Dispatcher:
             raise
         except Exception as exc:  # noqa: BLE001 - a connector failure fails the step, not qflow
             error = f"{type(exc).__name__}: {exc}"
-            if record.status in ("queued", "running"):
+            _logger.debug("step execution %s failed", spec.name, exc_info=True)
+            if record.ended is None:  # failed before its first attempt (placement, start)
                 self.ledger.ended(record, "failed", message=error)
-        self._completions.put(Completion(job, outcome, error))
+        finally:
+            # whatever happened (but a cancel), cwltool must hear about this job
+            if not self._cancelling:
+                self._completions.put(Completion(job, outcome, error))
 
     async def _run_with_retries(
         self, job: ConnectorJob, spec: JobSpec, record: StepRecord
@@ -172,8 +182,12 @@ class Dispatcher:
         except asyncio.CancelledError:
             self.ledger.ended(record, "cancelled", message="cancelled by qflow")
             raise
+        except Exception as exc:
+            self.ledger.ended(record, "failed", message=f"{type(exc).__name__}: {exc}")
+            raise
 
     async def _cancel_all(self) -> None:
+        self._cancelling = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -25,6 +25,7 @@ from cwltool.context import LoadingContext
 from qflow.deployment import Deployment
 from qflow.engine.dispatcher import Dispatcher
 from qflow.engine.executor import QflowExecutor
+from qflow.engine.schema import install_schemas
 from qflow.engine.tools import make_tool
 from qflow.ledger import Ledger, RunStatus, write_report
 
@@ -102,6 +103,7 @@ def run_cwl(
                     loadingContext=loading_context,
                     stdout=stdout or sys.stdout,
                     logger_handler=log_handler,
+                    custom_schema_callback=install_schemas,
                 )
                 status = "success" if code == 0 else "failed"
             except KeyboardInterrupt:

@@ -1,0 +1,601 @@
+"""The slurm connector against a real Slurm cluster started on this host (``slurm_cluster``).
+
+Each test drives :class:`SlurmConnector` directly with :class:`JobSpec` objects. Times that
+come from Slurm have whole-second resolution, so the jobs that check them last > 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from qflow.connectors.slurm import SlurmConnector, SlurmError
+from slurm_cluster import ClusterUnavailable, SshServer, start_sshd
+
+from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
+
+pytestmark = pytest.mark.slurm
+
+NOTICE_LIMIT_S = 0.4
+"""Upper bound asserted for "job end -> run() returns" (target 0.2 s; this host is noisy)."""
+
+
+def make_connector(cluster: Any, tmp_path: Path, **keys: Any) -> SlurmConnector:
+    config = SlurmConnector.Config(
+        connector="slurm",
+        slurm_conf=str(cluster.conf),
+        workdir=str(tmp_path / "slurm-work"),
+        **{"partition": "compute", **keys},
+    )
+    return SlurmConnector("test-slurm", config)
+
+
+def spec(
+    tmp_path: Path,
+    command: list[str],
+    *,
+    name: str = "step",
+    stdout: str | None = "out.txt",
+    stderr: str | None = "err.txt",
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    **resources: Any,
+) -> JobSpec:
+    return JobSpec(
+        name=name,
+        step=f"/{name}",
+        iteration=None,
+        command=command,
+        cwd=str(tmp_path),
+        env=env if env is not None else {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        stdin_path=str(tmp_path / stdin) if stdin else None,
+        stdout_path=str(tmp_path / stdout) if stdout else None,
+        stderr_path=str(tmp_path / stderr) if stderr else None,
+        resources=Resources(**resources),
+    )
+
+
+class Started:
+    """An ``on_started`` callback that records its calls and can be awaited."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, float]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, external_id: str | None) -> None:
+        self.calls.append((external_id, time.time()))
+        self.event.set()
+
+    async def wait(self, timeout: float = 20) -> str:
+        await asyncio.wait_for(self.event.wait(), timeout)
+        return self.calls[0][0] or ""
+
+
+async def run_with(connector: SlurmConnector, job: JobSpec) -> tuple[JobOutcome, Started, float]:
+    started = Started()
+    outcome = await connector.run(job, started)
+    return outcome, started, time.time()
+
+
+def process_alive(marker: str) -> bool:
+    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    return any(marker in line and not line.startswith("Z") for line in out.splitlines())
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+def test_entry_point_and_config_keys() -> None:
+    assert connector_class("slurm") is SlurmConnector
+    keys = set(SlurmConnector.Config.model_fields)
+    assert {"partition", "gres", "time", "extra", "workdir", "poll_interval"} <= keys
+    with pytest.raises(ValidationError, match="not a Slurm time"):
+        SlurmConnector.Config(connector="slurm", time="soon")
+    with pytest.raises(ValidationError, match="not an sbatch option"):
+        SlurmConnector.Config(connector="slurm", extra=["exclusive"])
+    with pytest.raises(ValidationError, match="only apply with login"):
+        SlurmConnector.Config(connector="slurm", ssh_port=2222)
+    with pytest.raises(ValidationError, match="not a user@host"):
+        SlurmConnector.Config(connector="slurm", login="-oProxyCommand=evil")
+    assert SlurmConnector.Config(connector="slurm", time="1-12:00:00").time == "1-12:00:00"
+
+
+def test_resources_map_to_sbatch_options(tmp_path: Path) -> None:
+    config = SlurmConnector.Config(
+        connector="slurm",
+        partition="quantum",
+        gres="qpu:1",
+        time=30,
+        extra=["--exclusive"],
+        workdir=str(tmp_path / "w"),
+    )
+    connector = SlurmConnector("q", config)
+    asyncio.run(connector._prepare())  # creates the work directory, finds srun
+    job = spec(tmp_path, ["true"], cores=1.5, ram_mib=300.2, time_limit_s=61)
+    args = connector._plan(job).args
+    assert {"--partition=quantum", "--gres=qpu:1", "--cpus-per-task=2", "--mem=301M"} <= set(args)
+    assert "--time=2" in args and "--time=30" not in args  # the step's limit wins, rounded up
+    assert args[-1] == "--exclusive"
+    plain = connector._plan(spec(tmp_path, ["true"])).args
+    assert "--time=30" in plain
+
+
+# -- real jobs ----------------------------------------------------------------------------
+
+
+def test_success_files_times_and_node_seconds(slurm_cluster: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("from stdin\n")
+    script = "date +%s.%N > begin.txt; cat; echo to-stderr >&2; sleep 1.2; date +%s.%N > end.txt"
+    job = spec(tmp_path, ["sh", "-c", script], stdin="in.txt")
+
+    async def main() -> tuple[JobOutcome, Started, float]:
+        connector = make_connector(slurm_cluster, tmp_path)
+        await connector.start()
+        try:
+            return await run_with(connector, job)
+        finally:
+            await connector.stop()
+
+    outcome, started, returned = asyncio.run(main())
+    assert outcome.exit_code == 0, outcome.message
+    assert outcome.message is None
+    assert (tmp_path / "out.txt").read_text() == "from stdin\n"
+    assert (tmp_path / "err.txt").read_text() == "to-stderr\n"
+    assert outcome.external_id and outcome.external_id.isdigit()
+    assert [c[0] for c in started.calls] == [outcome.external_id]
+    begin = float((tmp_path / "begin.txt").read_text())
+    end = float((tmp_path / "end.txt").read_text())
+    # Slurm's own clock, whole seconds
+    assert outcome.started is not None and outcome.ended is not None
+    assert outcome.started < outcome.ended
+    assert outcome.started <= begin + 0.01 and begin - outcome.started < 2
+    assert outcome.ended >= int(end) and outcome.ended - end < 2
+    assert outcome.nodes == 1
+    assert outcome.node_seconds == pytest.approx(outcome.nodes * (outcome.ended - outcome.started))
+    assert returned - end < NOTICE_LIMIT_S, f"noticed {returned - end:.3f} s after the end"
+    # the job's files in workdir are cleaned up
+    assert list((tmp_path / "slurm-work").iterdir()) == []
+
+
+def test_environment_is_exactly_the_steps(
+    slurm_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QFLOW_ORCHESTRATOR_ONLY", "must-not-leak")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "ODD": "a b 'c' \"d\" $HOME `x` \\ end",
+        "MULTI": "line1\nline2",
+        "LOCATION_WINS": "step",
+    }
+    job = spec(tmp_path, ["env", "-0"], env=env, stderr=None)
+
+    async def main() -> JobOutcome:
+        connector = make_connector(
+            slurm_cluster, tmp_path, environment={"LOCATION_WINS": "location", "EXTRA": "1"}
+        )
+        try:
+            return (await run_with(connector, job))[0]
+        finally:
+            await connector.stop()
+
+    outcome = asyncio.run(main())
+    assert outcome.exit_code == 0, outcome.message
+    seen = dict(
+        item.split("=", 1)
+        for item in (tmp_path / "out.txt").read_text().split("\0")
+        if item and not item.startswith(("SLURM_", "SLURMD_"))
+    )
+    expected = {**env, "LOCATION_WINS": "location", "EXTRA": "1"}
+    assert seen == expected
+
+
+def test_stdout_without_file_goes_to_qflow_stderr(
+    slurm_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = uuid.uuid4().hex
+    job = spec(tmp_path, ["echo", marker], stdout=None, stderr=None)
+
+    async def main() -> JobOutcome:
+        connector = make_connector(slurm_cluster, tmp_path)
+        try:
+            return (await run_with(connector, job))[0]
+        finally:
+            await connector.stop()
+
+    outcome = asyncio.run(main())
+    assert outcome.exit_code == 0
+    captured = capsys.readouterr()
+    assert marker in captured.err
+    assert marker not in captured.out
+
+
+def test_failing_step_returns_its_exit_code(slurm_cluster: Any, tmp_path: Path) -> None:
+    job = spec(tmp_path, ["sh", "-c", "echo broken >&2; exit 3"])
+
+    async def main() -> tuple[JobOutcome, Started, float]:
+        connector = make_connector(slurm_cluster, tmp_path)
+        try:
+            return await run_with(connector, job)
+        finally:
+            await connector.stop()
+
+    outcome, _, _ = asyncio.run(main())
+    assert outcome.exit_code == 3
+    assert "status 3" in (outcome.message or "")
+    assert "FAILED" in (outcome.message or "")
+    assert (tmp_path / "err.txt").read_text() == "broken\n"
+
+
+def test_missing_working_directory_fails_the_step(slurm_cluster: Any, tmp_path: Path) -> None:
+    job = spec(tmp_path, ["true"])
+    job = JobSpec(**{**job.__dict__, "cwd": str(tmp_path / "does-not-exist")})
+
+    async def main() -> JobOutcome:
+        connector = make_connector(slurm_cluster, tmp_path)
+        try:
+            return (await run_with(connector, job))[0]
+        finally:
+            await connector.stop()
+
+    outcome = asyncio.run(main())
+    assert outcome.exit_code == 1
+    assert "cannot enter" in (outcome.message or "")
+
+
+def test_time_limit_gives_timeout(slurm_cluster: Any, tmp_path: Path) -> None:
+    """A real Slurm TIMEOUT, without waiting a minute.
+
+    Slurm's smallest limit is one minute; the test submits with ``time_limit_s=60``
+    (``--time=1``), then lowers the running job's limit to zero with
+    ``scontrol update JobId=... TimeLimit-=1``. slurmctld enforces limits in a periodic check
+    (every 30 s), so the job ends TIMEOUT within about 30 s.
+    """
+    marker = f"sleep 9{uuid.uuid4().int % 1000}.5"
+    job = spec(tmp_path, ["sh", "-c", marker], time_limit_s=60)
+
+    async def main() -> JobOutcome:
+        connector = make_connector(slurm_cluster, tmp_path)
+        started = Started()
+        try:
+            task = asyncio.ensure_future(connector.run(job, started))
+            jobid = await started.wait()
+            slurm_cluster.run("scontrol", "update", f"JobId={jobid}", "TimeLimit-=1")
+            return await asyncio.wait_for(task, 60)
+        finally:
+            await connector.stop()
+
+    outcome = asyncio.run(main())
+    assert outcome.exit_code == -15
+    assert "time limit" in (outcome.message or "")
+    assert "TIMEOUT" in (outcome.message or "")
+    assert outcome.started is not None and outcome.ended is not None
+    assert not process_alive(marker)
+
+
+def test_scancel_from_outside(slurm_cluster: Any, tmp_path: Path) -> None:
+    marker = f"sleep 8{uuid.uuid4().int % 1000}.5"
+    job = spec(tmp_path, ["sh", "-c", marker])
+
+    async def main() -> tuple[JobOutcome, float]:
+        connector = make_connector(slurm_cluster, tmp_path)
+        started = Started()
+        try:
+            task = asyncio.ensure_future(connector.run(job, started))
+            jobid = await started.wait()
+            await asyncio.sleep(0.2)
+            t0 = time.time()
+            slurm_cluster.run("scancel", jobid)
+            outcome = await asyncio.wait_for(task, 30)
+            return outcome, time.time() - t0
+        finally:
+            await connector.stop()
+
+    outcome, took = asyncio.run(main())
+    assert outcome.exit_code == -15
+    assert "CANCELLED" in (outcome.message or "")
+    assert took < 5  # KillWait=2 on the test cluster
+    assert not process_alive(marker)
+
+
+def test_asyncio_cancel_scancels_the_running_job(slurm_cluster: Any, tmp_path: Path) -> None:
+    marker = f"sleep 7{uuid.uuid4().int % 1000}.5"
+    job = spec(tmp_path, ["sh", "-c", marker])
+
+    async def main() -> str:
+        connector = make_connector(slurm_cluster, tmp_path)
+        started = Started()
+        try:
+            task = asyncio.ensure_future(connector.run(job, started))
+            jobid = await started.wait()
+            # RUNNING in squeue comes a little before slurmd has started the batch script
+            for _ in range(100):
+                if process_alive(marker):
+                    break
+                await asyncio.sleep(0.05)
+            assert process_alive(marker)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return jobid
+        finally:
+            await connector.stop()
+
+    jobid = asyncio.run(main())
+    assert slurm_cluster.active_jobs() == []
+    state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
+    assert state.strip() == "CANCELLED"
+    assert not process_alive(marker)
+
+
+def test_asyncio_cancel_of_a_pending_job(slurm_cluster: Any, tmp_path: Path) -> None:
+    job = spec(tmp_path, ["true"])
+
+    async def main() -> Started:
+        connector = make_connector(slurm_cluster, tmp_path, extra=["--begin=now+600"])
+        started = Started()
+        try:
+            task = asyncio.ensure_future(connector.run(job, started))
+            for _ in range(100):  # until sbatch returned and the job is known
+                await asyncio.sleep(0.05)
+                if connector._tracked:
+                    break
+            assert slurm_cluster.active_jobs(), "the job should be pending"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return started
+        finally:
+            await connector.stop()
+
+    started = asyncio.run(main())
+    assert started.calls == []  # it never ran
+    assert slurm_cluster.active_jobs() == []
+
+
+def test_three_concurrent_jobs_overlap_with_one_poller(slurm_cluster: Any, tmp_path: Path) -> None:
+    async def main() -> tuple[list[JobOutcome], list[float], int]:
+        connector = make_connector(slurm_cluster, tmp_path, nodes=1)
+        jobs = [
+            spec(
+                tmp_path,
+                ["sh", "-c", f"sleep 2; date +%s.%N > end{i}.txt"],
+                name=f"par{i}",
+                stdout=f"out{i}.txt",
+                stderr=f"err{i}.txt",
+            )
+            for i in range(3)
+        ]
+        tasks = [asyncio.ensure_future(run_with(connector, j)) for j in jobs]
+        pollers = 0
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            names = [t.get_name() for t in asyncio.all_tasks()]
+            pollers = max(pollers, sum(n.startswith("qflow-slurm-poller") for n in names))
+            if len(connector._tracked) == 3:
+                break
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:
+            await connector.stop()
+        latencies = [
+            returned - float((tmp_path / f"end{i}.txt").read_text())
+            for i, (_, _, returned) in enumerate(results)
+        ]
+        return [r[0] for r in results], latencies, pollers
+
+    outcomes, latencies, pollers = asyncio.run(main())
+    assert pollers == 1
+    assert all(o.exit_code == 0 for o in outcomes), [o.message for o in outcomes]
+    assert len({o.external_id for o in outcomes}) == 3
+    assert max(o.started for o in outcomes) < min(o.ended for o in outcomes)  # type: ignore[type-var]
+    assert all(o.nodes == 1 for o in outcomes)
+    assert max(latencies) < NOTICE_LIMIT_S, latencies
+    print(f"completion latencies: {', '.join(f'{x:.3f}' for x in latencies)} s", file=sys.stderr)
+
+
+def test_quantum_partition_hands_out_four_virtual_qpus(slurm_cluster: Any, tmp_path: Path) -> None:
+    """Five 1-QPU jobs on a node with 4 vQPUs: four run together, each on its own vQPU."""
+    show = 'scontrol show job -d "$SLURM_JOB_ID" | grep -o "qpu:1(IDX:[0-9])"; sleep 1.5'
+
+    async def main() -> list[JobOutcome]:
+        connector = make_connector(slurm_cluster, tmp_path, partition="quantum", gres="qpu:1")
+        jobs = [
+            spec(tmp_path, ["sh", "-c", show], name=f"q{i}", stdout=f"q{i}.txt", stderr=None)
+            for i in range(5)
+        ]
+        try:
+            return [r[0] for r in await asyncio.gather(*(run_with(connector, j) for j in jobs))]
+        finally:
+            await connector.stop()
+
+    outcomes = asyncio.run(main())
+    assert all(o.exit_code == 0 for o in outcomes), [o.message for o in outcomes]
+    indices = [(tmp_path / f"q{i}.txt").read_text().strip() for i in range(5)]
+    assert all(ix.startswith("qpu:1(IDX:") for ix in indices), indices
+    order = sorted(range(5), key=lambda i: (outcomes[i].started, outcomes[i].ended))
+    first, last = order[:4], order[4]
+    assert len({indices[i] for i in first}) == 4  # four distinct vQPUs at once
+    assert max(outcomes[i].started for i in first) < min(outcomes[i].ended for i in first)  # type: ignore[type-var]
+    assert outcomes[last].started >= min(outcomes[i].ended for i in first)  # type: ignore[operator]
+
+
+def test_mpi_step_runs_its_tasks_under_srun(slurm_cluster: Any, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STEP_VAR": "kept"}
+    job = spec(
+        tmp_path, ["sh", "-c", 'echo "$SLURM_PROCID $STEP_VAR"'], env=env, mpi_procs=3, cores=1
+    )
+
+    async def main() -> JobOutcome:
+        connector = make_connector(slurm_cluster, tmp_path)
+        try:
+            return (await run_with(connector, job))[0]
+        finally:
+            await connector.stop()
+
+    outcome = asyncio.run(main())
+    assert outcome.exit_code == 0, outcome.message
+    lines = sorted((tmp_path / "out.txt").read_text().split("\n"))
+    assert lines == ["", "0 kept", "1 kept", "2 kept"]
+    assert outcome.nodes is not None and outcome.nodes >= 2  # 3 tasks on 2-CPU nodes
+
+
+def test_finished_job_is_found_in_the_jobcomp_file(slurm_cluster: Any, tmp_path: Path) -> None:
+    """The path for jobs that already left squeue: ``sacct -c`` gives state, times, nodes."""
+    job = spec(tmp_path, ["sh", "-c", "sleep 1.1; exit 4"])
+
+    async def main() -> tuple[JobOutcome, Any]:
+        connector = make_connector(slurm_cluster, tmp_path)
+        try:
+            outcome = (await run_with(connector, job))[0]
+            return outcome, await connector._lookup_finished(outcome.external_id or "")
+        finally:
+            await connector.stop()
+
+    outcome, info = asyncio.run(main())
+    assert info is not None
+    assert info.state == "FAILED"
+    assert info.exit_code == 4 == outcome.exit_code
+    assert (info.start, info.end, info.nodes) == (outcome.started, outcome.ended, 1)
+
+
+def test_stop_cancels_jobs_in_flight(slurm_cluster: Any, tmp_path: Path) -> None:
+    marker = f"sleep 6{uuid.uuid4().int % 1000}.5"
+    job = spec(tmp_path, ["sh", "-c", marker])
+
+    async def main() -> BaseException | JobOutcome:
+        connector = make_connector(slurm_cluster, tmp_path)
+        started = Started()
+        task = asyncio.ensure_future(connector.run(job, started))
+        await started.wait()
+        await connector.stop()
+        return (await asyncio.gather(task, return_exceptions=True))[0]
+
+    result = asyncio.run(main())
+    assert isinstance(result, JobOutcome) and "CANCELLED" in (result.message or "")
+    assert slurm_cluster.active_jobs() == []
+    assert not process_alive(marker)
+    assert os.path.isdir(tmp_path / "slurm-work")
+
+
+# -- login mode: the Slurm commands over SSH ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    try:
+        server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no private sshd on 127.0.0.1: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def ssh_connector(
+    cluster: Any, server: SshServer, key: Path | None = None, **keys: Any
+) -> SlurmConnector:
+    config = SlurmConnector.Config(
+        connector="slurm",
+        slurm_conf=str(cluster.conf),
+        login=server.login,
+        ssh_port=server.port,
+        ssh_key=str(key or server.key),
+        ssh_options=[f"UserKnownHostsFile={server.known_hosts}", "StrictHostKeyChecking=yes"],
+        **{"partition": "compute", **keys},
+    )
+    return SlurmConnector("over-ssh", config)
+
+
+def ssh_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if marker in ln and not ln.startswith("Z")]
+
+
+def test_login_mode_runs_jobs_over_one_ssh_master(
+    slurm_cluster: Any,
+    ssh_server: SshServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QFLOW_ORCHESTRATOR_ONLY", "must-not-leak")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ODD": "it's $x"}
+    marker = uuid.uuid4().hex
+    jobs = [
+        spec(tmp_path, ["env", "-0"], name="env", env=env, stdout="env.txt", stderr=None),
+        spec(tmp_path, ["sh", "-c", "exit 5"], name="fail", stdout="f.txt", stderr="f.err"),
+        spec(tmp_path, ["sh", "-c", f"sleep 1.1; echo {marker}"], name="cap", stdout=None),
+    ]
+
+    async def main() -> tuple[list[JobOutcome], str, str, list[str]]:
+        connector = ssh_connector(slurm_cluster, ssh_server)
+        await connector.start()
+        control_dir = connector._transport._control_dir  # type: ignore[attr-defined]
+        workdir = connector._workdir or ""
+        try:
+            sockets = os.listdir(control_dir)
+            results = await asyncio.gather(*(run_with(connector, j) for j in jobs))
+        finally:
+            await connector.stop()
+        return [r[0] for r in results], control_dir, workdir, sockets
+
+    outcomes, control_dir, workdir, sockets = asyncio.run(main())
+    assert len(sockets) == 1  # one master connection for all the commands
+    assert [o.exit_code for o in outcomes] == [0, 5, 0], [o.message for o in outcomes]
+    seen = dict(
+        item.split("=", 1)
+        for item in (tmp_path / "env.txt").read_text().split("\0")
+        if item and not item.startswith(("SLURM_", "SLURMD_"))
+    )
+    assert seen == env  # neither qflow's nor the login node's environment leaks
+    assert marker in capsys.readouterr().err
+    assert outcomes[2].started is not None and outcomes[2].ended is not None
+    assert outcomes[2].started < outcomes[2].ended
+    # the default work directory lives in the login user's home and is removed at the end
+    assert workdir.startswith("/root/.qflow/slurm/over-ssh-")
+    assert not os.path.exists(workdir)
+    assert not os.path.exists(control_dir)
+    assert ssh_processes(control_dir) == []  # the master connection is gone
+
+
+def test_login_mode_cancel_and_bad_key(
+    slurm_cluster: Any, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    marker = f"sleep 5{uuid.uuid4().int % 1000}.5"
+    job = spec(tmp_path, ["sh", "-c", marker])
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+
+    async def main() -> str:
+        refused = ssh_connector(slurm_cluster, ssh_server, key=stranger)
+        with pytest.raises(SlurmError, match="cannot open SSH"):
+            await refused.start()
+        await refused.stop()
+        connector = ssh_connector(slurm_cluster, ssh_server, workdir=str(tmp_path / "w"))
+        started = Started()
+        try:
+            task = asyncio.ensure_future(connector.run(job, started))
+            jobid = await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return jobid
+        finally:
+            await connector.stop()
+
+    jobid = asyncio.run(main())
+    assert slurm_cluster.active_jobs() == []
+    state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
+    assert state.strip() == "CANCELLED"
+    assert not process_alive(marker)
