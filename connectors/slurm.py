@@ -32,6 +32,13 @@ Exit codes (``JobOutcome.exit_code``):
   ``TIMEOUT``, ``CANCELLED``, ``PREEMPTED`` and ``DEADLINE``; ``-9`` for ``NODE_FAIL``,
   ``BOOT_FAIL`` and ``OUT_OF_MEMORY``. ``message`` then gives Slurm's state and reason.
 
+With ``login: user@host`` the Slurm commands run on that login node over SSH: one OpenSSH
+master connection (``ControlMaster``) and a few long-lived remote shells on it, so a command
+costs about what it costs on the login node itself (no handshake, no start-up files per
+command). The steps' paths (working directory, redirections, ``workdir``) must be the same on
+the cluster (a shared filesystem); the default ``workdir`` is then ``~/.qflow/slurm/...`` on
+the login node.
+
 Retries are the engine's (``retries`` of the location); jobs are submitted with
 ``--no-requeue`` so Slurm never reruns a step behind qflow's back. Cancelling :meth:`run`
 ``scancel``s the job and waits (bounded) until Slurm reports it ended.

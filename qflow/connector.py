@@ -150,8 +150,10 @@ def registry() -> dict[str, type[Connector]]:
     return found  # type: ignore[return-value]
 
 
-def connector_class(name: str) -> type[Connector]:
-    """Load the connector class registered as ``name``."""
+def connector_class(name: str) -> type[Any]:
+    """Load the connector class (execution or quantum) registered as ``name``."""
+    from qflow.quantum import QuantumConnector
+
     eps = registry()
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
@@ -163,9 +165,9 @@ def connector_class(name: str) -> type[Connector]:
     if not isinstance(loaded, type):
         loaded = loaded.load()
         eps[name] = loaded  # type: ignore[assignment]
-    if not (isinstance(loaded, type) and issubclass(loaded, Connector)):
+    if not (isinstance(loaded, type) and issubclass(loaded, (Connector, QuantumConnector))):
         raise UnknownConnectorError(
-            f"entry point {name!r} in group {ENTRY_POINT_GROUP} does not name a "
-            f"qflow.connector.Connector subclass"
+            f"entry point {name!r} in group {ENTRY_POINT_GROUP} does not name a subclass of "
+            f"qflow.connector.Connector or qflow.quantum.QuantumConnector"
         )
     return loaded

@@ -368,7 +368,7 @@ def test_three_concurrent_jobs_overlap_with_one_poller(slurm_cluster: Any, tmp_p
         jobs = [
             spec(
                 tmp_path,
-                ["sh", "-c", f"sleep 2; date +%s.%N > end{i}.txt"],
+                ["sh", "-c", f"sleep 3; date +%s.%N > end{i}.txt"],
                 name=f"par{i}",
                 stdout=f"out{i}.txt",
                 stderr=f"err{i}.txt",
@@ -405,7 +405,7 @@ def test_three_concurrent_jobs_overlap_with_one_poller(slurm_cluster: Any, tmp_p
 
 def test_quantum_partition_hands_out_four_virtual_qpus(slurm_cluster: Any, tmp_path: Path) -> None:
     """Five 1-QPU jobs on a node with 4 vQPUs: four run together, each on its own vQPU."""
-    show = 'scontrol show job -d "$SLURM_JOB_ID" | grep -o "qpu:1(IDX:[0-9])"; sleep 1.5'
+    show = 'scontrol show job -d "$SLURM_JOB_ID" | grep -o "qpu:1(IDX:[0-9])"; sleep 2.5'
 
     async def main() -> list[JobOutcome]:
         connector = make_connector(slurm_cluster, tmp_path, partition="quantum", gres="qpu:1")

@@ -1,0 +1,144 @@
+"""The quantum-connector contract: how quantum tasks reach a QPU.
+
+It mirrors QRMI's ``QuantumResource`` (status with capacity and pending jobs, acquire,
+release, task_start/status/result/stop/logs, target, metadata), as async methods. A QPU
+vendor writes one subclass and registers it in the ``qflow.connectors`` entry-point group,
+next to execution connectors.
+
+A quantum location in deployment.yml names such a connector. Steps never talk to it: the
+QPU gateway (:mod:`qflow.gateway`) holds the connector, the vendor credentials and the
+virtual-QPU slots, and a step's client command gets only a per-step gateway token.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from qflow.connector import LocationConfig
+
+TaskState = Literal["queued", "running", "completed", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class QuantumLocationConfig(LocationConfig):
+    """Keys every quantum location accepts, whatever its connector."""
+
+    vqpus: int = Field(
+        default=1,
+        ge=1,
+        description="Virtual QPUs: how many steps may hold this QPU at the same time "
+        "(their tasks still run one at a time on the physical QPU).",
+    )
+    max_wait: float = Field(
+        default=60.0,
+        ge=0,
+        description="Longest wait in seconds for a virtual-QPU slot before a quantum "
+        "candidate falls back to its classical implementation.",
+    )
+    run_on: str | None = Field(
+        default=None,
+        description="Classical location where the step's client command runs; omitted: "
+        "this host, so no classical node is held while the QPU works.",
+    )
+    gateway: str | None = Field(
+        default=None,
+        description="URL of a shared site-wide QPU gateway (qflow gateway); omitted: "
+        "a gateway embedded in this qflow run.",
+    )
+    gateway_token: str | None = Field(
+        default=None,
+        description="Admin token of the shared gateway, as a reference: ${env:NAME} or "
+        "${file:PATH}.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class QpuStatus:
+    """What a QPU says about itself (QRMI users asked for more than 'accessible')."""
+
+    online: bool
+    capacity: int = 1
+    """Tasks the physical QPU executes at the same time."""
+    running: int = 0
+    pending: int = 0
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """A quantum task's state as the QPU reports it."""
+
+    id: str
+    state: TaskState
+    message: str | None = None
+    qpu_seconds: float | None = None
+    """QPU time the vendor accounts for the task (None: not reported)."""
+    started: float | None = None
+    ended: float | None = None
+
+
+class QuantumConnector(abc.ABC):
+    """Base class of quantum connectors: one instance per quantum location."""
+
+    Config: ClassVar[type[QuantumLocationConfig]] = QuantumLocationConfig
+    quantum: ClassVar[bool] = True
+    task_kinds: ClassVar[tuple[str, ...]] = ("qubo",)
+    """Task kinds this QPU accepts (``qubo``: a QUBO as [i, j, value] terms)."""
+
+    def __init__(self, location: str, config: QuantumLocationConfig) -> None:
+        self.location = location
+        self.config = config
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open sessions/clients; called once before first use."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Close what :meth:`start` opened."""
+
+    @abc.abstractmethod
+    async def status(self) -> QpuStatus:
+        """Reachability, capacity and queue; raises if the QPU cannot be reached."""
+
+    async def is_accessible(self) -> bool:
+        try:
+            return (await self.status()).online
+        except Exception:  # noqa: BLE001 - unreachable is an answer here
+            return False
+
+    async def acquire(self) -> str:
+        """Reserve the QPU (a session/lock where the vendor has one); returns its token."""
+        return ""
+
+    async def release(self, acquisition: str) -> None:  # noqa: B027 - optional hook
+        """Give back what :meth:`acquire` reserved."""
+
+    @abc.abstractmethod
+    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+        """Submit a task; returns the QPU's task id.
+
+        ``idempotency_key`` is unique per logical task: a retried submission with the same
+        key must not create a second task (check or pass it on to the vendor).
+        """
+
+    @abc.abstractmethod
+    async def task_status(self, task_id: str) -> TaskInfo: ...
+
+    @abc.abstractmethod
+    async def task_result(self, task_id: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def task_stop(self, task_id: str) -> None: ...
+
+    async def task_logs(self, task_id: str) -> str:
+        return ""
+
+    async def target(self) -> dict[str, Any]:
+        """Description of the backend (qubits, topology, ...) as the vendor gives it."""
+        return {}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"connector": self.config.connector, "location": self.location}
