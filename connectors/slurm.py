@@ -311,6 +311,10 @@ class SlurmConnector(Connector):
             waits = [self._tracked[j].done.wait() for j in ids]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), CANCEL_WAIT_S)
+        # let the woken run() calls collect their outcomes before the work directory goes
+        deadline = time.monotonic() + 5
+        while self._tracked and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

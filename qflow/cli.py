@@ -160,9 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="run report path (default OUTDIR/qflow-report.json)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.add_argument("--verbose", action="store_true", help="show cwltool's own log")
-    run.add_argument(
-        "--no-container", action="store_true", help="ignore DockerRequirement hints"
-    )
+    run.add_argument("--no-container", action="store_true", help="ignore DockerRequirement hints")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a workflow and a deployment together")

@@ -44,6 +44,11 @@ class LocationConfig(BaseModel):
         description="Classical nodes one step execution holds here (for node-seconds). "
         "Connectors that learn the real figure from the resource manager override it.",
     )
+    quantum: bool = Field(
+        default=False,
+        description="True for a classical location that holds a QPU for its steps (e.g. a "
+        "Slurm partition with a qpu GRES): its step executions are reported as quantum.",
+    )
     retries: int = Field(
         default=0,
         ge=0,

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from qflow.engine.runner import run_cwl
 
-    return run_cwl(cwltool_argv, deployment, report_path=ours.qflow_report, bad_input_exit=False
+    return run_cwl(
+        cwltool_argv, deployment, report_path=ours.qflow_report, bad_input_exit=False
     ).exit_code
 
 

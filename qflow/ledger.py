@@ -79,8 +79,17 @@ class Ledger:
         self._emit("submitted", record)
         return record
 
-    def placed(self, record: StepRecord, location: str, connector: str, quantum: bool) -> None:
+    def placed(
+        self,
+        record: StepRecord,
+        location: str,
+        connector: str,
+        quantum: bool,
+        fallback_reason: str | None = None,
+    ) -> None:
         record.location, record.connector, record.quantum = location, connector, quantum
+        record.fallback = fallback_reason is not None
+        record.fallback_reason = fallback_reason
 
     def started(self, record: StepRecord, external_id: str | None) -> None:
         record.started = time.time()

@@ -53,7 +53,9 @@ class Progress:
                     detail += f" ({record.message})"
             if event == "submitted":
                 return  # the start line says where; queueing shows as the wait before it
-            self.console.print(f"[{event}] {_label(record)}{where}{detail}", markup=False, highlight=False)
+            self.console.print(
+                f"[{event}] {_label(record)}{where}{detail}", markup=False, highlight=False
+            )
 
     def _table(self) -> Table:
         records = self.ledger.records()

@@ -18,7 +18,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ReportError(f"{path}: no such file. Fix: give the path of a qflow-report.json") from exc
+        raise ReportError(
+            f"{path}: no such file. Fix: give the path of a qflow-report.json"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ReportError(
             f"{path}:{exc.lineno}: not valid JSON ({exc.msg}). Fix: give a qflow run report"

@@ -16,9 +16,12 @@ import dataclasses
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from qflow.connector import Connector, JobOutcome, JobSpec, connector_class
+from qflow.connector import Connector, JobOutcome, JobSpec, LocationConfig, connector_class
+from qflow.connectors.local import LocalConnector
+from qflow.engine.placement import NoPlacement, Placement
+from qflow.engine.qpu_access import QpuAccess
 from qflow.ledger import Ledger, StepRecord
 from qflow.mapping import Mapper
 
@@ -32,13 +35,21 @@ CANCEL_TIMEOUT_S = 60.0
 """Longest wait for connectors to clean up in-flight jobs after an interrupt."""
 
 
+QPU_URL_ENV = "QFLOW_QPU_URL"
+QPU_TOKEN_ENV = "QFLOW_QPU_TOKEN"
+"""What a step's client command gets to reach its QPU: the gateway and a per-step token."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Completion:
-    """A finished step execution, waiting for the executor thread to deliver it."""
+    """A finished step execution, waiting for the executor thread to deliver it.
 
-    job: ConnectorJob
-    outcome: JobOutcome | None
-    error: str | None
+    ``job`` is None for a wake-up: a placement finished and cwltool may make progress.
+    """
+
+    job: ConnectorJob | None
+    outcome: JobOutcome | None = None
+    error: str | None = None
 
 
 class Dispatcher:
@@ -51,6 +62,9 @@ class Dispatcher:
             deployment.candidates,
             {name: cfg.slots for name, cfg in deployment.locations.items()},
         )
+        self.qpus = QpuAccess(deployment)
+        self._qpu_client = LocalConnector("this host", LocationConfig(connector="local"))
+        """Runs the client commands of QPU steps that name no ``run_on`` location."""
         self.in_flight = 0
         """Step executions submitted and not yet delivered (executor thread only)."""
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
@@ -68,6 +82,41 @@ class Dispatcher:
         self.in_flight += 1
         record = self.ledger.submitted(spec.step, spec.iteration)
         self._loop.call_soon_threadsafe(self._spawn, job, spec, record)
+
+    def places_early(self, step: str) -> bool:
+        """Steps that may go to a QPU are placed before their job is built."""
+        return any(self.qpus.is_quantum(loc) for loc in self.mapper.candidates(step))
+
+    def request_placement(
+        self, step: str, *, fallback_reason: str | None = None
+    ) -> concurrent.futures.Future[Placement]:
+        """Place ``step`` (a QPU lease if one can be had in time); a fallback skips QPUs.
+
+        Counts as in flight until done, and wakes the executor when done, so that cwltool
+        polls the step's job generator again.
+        """
+        self.in_flight += 1
+        candidates = self.mapper.candidates(step)
+        reasons = [fallback_reason] if fallback_reason else []
+        coro = self.qpus.place(
+            step, candidates, skip_quantum=fallback_reason is not None, reasons=reasons
+        )
+        future = asyncio.run_coroutine_threadsafe(self._tracked(coro, step), self._loop)
+        future.add_done_callback(lambda _: self._completions.put(Completion(None)))
+        return future
+
+    async def _tracked(self, coro: Any, step: str) -> Placement:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            return await coro
+        except NoPlacement as exc:
+            record = self.ledger.submitted(step, None)
+            self.ledger.ended(record, "failed", message=str(exc))
+            raise
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
 
     def next_completion(self, block: bool = True) -> Completion | None:
         """The next finished step execution (None if ``block`` is false and there is none)."""
@@ -141,14 +190,25 @@ class Dispatcher:
     async def _run_with_retries(
         self, job: ConnectorJob, spec: JobSpec, record: StepRecord
     ) -> JobOutcome:
-        location = await self.mapper.place(spec.step)
+        placement: Placement | None = job.placement
+        if placement is not None and placement.quantum:
+            return await self._run_on_qpu(job, spec, record, placement)
+        candidates = [placement.location] if placement else self.mapper.candidates(spec.step)
+        fallback = placement.fallback_reason if placement else None
+        location = await self.mapper.board.acquire(candidates)
         try:
             connector = await self._connector(location)
             attempts = 1 + connector.config.retries
             for attempt in range(1, attempts + 1):
                 if attempt > 1:
                     record = self.ledger.submitted(spec.step, spec.iteration)
-                self.ledger.placed(record, location, connector.config.connector, connector.quantum)
+                self.ledger.placed(
+                    record,
+                    location,
+                    connector.config.connector,
+                    connector.config.quantum,
+                    fallback_reason=fallback,
+                )
                 outcome = await self._attempt(connector, spec, record)
                 ok = job.status_for(outcome.exit_code) == "success"
                 self.ledger.ended(
@@ -174,9 +234,46 @@ class Dispatcher:
         finally:
             await self.mapper.release(location)
 
-    async def _attempt(
-        self, connector: Connector, spec: JobSpec, record: StepRecord
+    async def _run_on_qpu(
+        self, job: ConnectorJob, spec: JobSpec, record: StepRecord, placement: Placement
     ) -> JobOutcome:
+        """Run the client command with its lease's gateway token; account QPU-seconds."""
+        config = self.qpus.config(placement.location)
+        env = {
+            **spec.env,
+            QPU_URL_ENV: placement.gateway_url or "",
+            QPU_TOKEN_ENV: placement.step_token or "",
+        }
+        spec = dataclasses.replace(spec, env=env)
+        self.ledger.placed(record, placement.location, config.connector, True)
+        client_location = config.run_on
+        try:
+            if client_location:
+                await self.mapper.board.acquire([client_location])
+                connector = await self._connector(client_location)
+            else:
+                connector = self._qpu_client
+            try:
+                outcome = await self._attempt(connector, spec, record)
+            finally:
+                if client_location:
+                    await self.mapper.release(client_location)
+        finally:
+            record.qpu_seconds = await self.qpus.release(placement)
+        ok = job.status_for(outcome.exit_code) == "success"
+        self.ledger.ended(
+            record,
+            "success" if ok else "failed",
+            started=outcome.started,
+            ended=outcome.ended,
+            nodes=outcome.nodes,
+            node_seconds=outcome.node_seconds,
+            external_id=outcome.external_id,
+            message=outcome.message,
+        )
+        return outcome
+
+    async def _attempt(self, connector: Connector, spec: JobSpec, record: StepRecord) -> JobOutcome:
         try:
             return await connector.run(spec, lambda ext_id: self.ledger.started(record, ext_id))
         except asyncio.CancelledError:
@@ -192,9 +289,11 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.qpus.close()
         for record in self.ledger.records():
             if record.status in ("queued", "running"):
                 self.ledger.ended(record, "cancelled", message="cancelled by qflow")
 
     async def _stop_connectors(self) -> None:
+        await self.qpus.close()
         await asyncio.gather(*(c.stop() for c in self._connectors.values()))

@@ -78,6 +78,8 @@ class QflowExecutor(JobExecutor):
     def _deliver(self, completion: Completion | None) -> None:
         """Collect a finished job's outputs and hand them to cwltool."""
         assert completion is not None
+        if completion.job is None:
+            return  # a wake-up: a placement finished, the job generators will be polled again
         try:
             completion.job.finish(completion.outcome, completion.error)
         except Exception as exc:  # noqa: BLE001 - reported as a run error, the run goes on

@@ -23,6 +23,7 @@ from cwltool.job import CommandLineJob, relink_initialworkdir
 from cwltool.utils import bytes2str_in_dicts
 
 from qflow.connector import JobOutcome, JobSpec, Resources
+from qflow.engine.placement import Placement
 
 if TYPE_CHECKING:
     import subprocess
@@ -46,6 +47,8 @@ class ConnectorJob(CommandLineJob):
 
     step_path: str = "/"
     iteration: int | None = None
+    placement: Placement | None = None
+    """Set for steps placed before their job was built (steps bound to QPUs)."""
 
     def _execute(
         self,

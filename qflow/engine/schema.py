@@ -37,6 +37,7 @@ QFLOW_RECORDS = [
             {
                 "name": "quantum",
                 "type": ["null", "string"],
+                "jsonldPredicate": {"_type": "@id", "noLinkCheck": True},
                 "doc": "The quantum implementation (a CommandLineTool file, relative to "
                 "this document), with the same inputs and outputs as the step's run.",
             },

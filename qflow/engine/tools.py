@@ -14,18 +14,22 @@ compose without qflow interpreting any CWL itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from cwltool.command_line_tool import CommandLineTool
 from cwltool.context import LoadingContext, RuntimeContext
-from cwltool.errors import UnsupportedRequirement
+from cwltool.errors import UnsupportedRequirement, WorkflowException
 from cwltool.job import CommandLineJob
+from cwltool.load_tool import load_tool
 from cwltool.process import Process, shortname
 from cwltool.workflow import Workflow, default_make_tool
 from cwltool.workflow_job import WorkflowJob, WorkflowJobStep
 
 from qflow.engine.job import ConnectorJob
+from qflow.engine.placement import Placement
+from qflow.engine.schema import QUANTUM_CANDIDATE
 
 STEP_PATH_ATTR = "qflow_step_path"
 ITERATION_ATTR = "qflow_iteration"
@@ -49,16 +53,116 @@ class QflowCommandLineTool(CommandLineTool):
             )
         return ConnectorJob
 
+    qflow_loading_context: LoadingContext | None = None
+    _quantum_tool: CommandLineTool | None = None
+
     def job(
         self, job_order: Any, output_callbacks: Any, runtimeContext: RuntimeContext
     ) -> Iterator[Any]:
         path = step_path_of(runtimeContext, self)
         iteration = getattr(runtimeContext, ITERATION_ATTR, None)
-        for job in super().job(job_order, output_callbacks, runtimeContext):
-            if isinstance(job, ConnectorJob):
-                job.step_path = path
-                job.iteration = iteration
-            yield job
+        dispatcher = getattr(runtimeContext, "qflow_dispatcher", None)
+        if dispatcher is None or not dispatcher.places_early(path):
+            yield from _tagged(self, job_order, output_callbacks, runtimeContext, path, iteration)
+            return
+        # Steps that may go to a QPU: place first, then build the job of the implementation
+        # the placement calls for. Yielding None tells cwltool "not ready, poll me later".
+        placement = yield from _await(dispatcher.request_placement(path))
+        if placement is None:
+            output_callbacks({}, "permanentFail")
+            return
+        if placement.quantum:
+            result: dict[str, Any] = {}
+            tool = self.quantum_implementation() or self
+            yield from _tagged(
+                tool,
+                job_order,
+                lambda out, status: result.update(out=out, status=status),
+                runtimeContext,
+                path,
+                iteration,
+                placement,
+            )
+            while not result:
+                yield None
+            if result["status"] == "success" or not self._has_classical_candidate(dispatcher, path):
+                output_callbacks(result["out"], result["status"])
+                return
+            reason = f"the quantum execution on {placement.location} failed"
+            placement = yield from _await(
+                dispatcher.request_placement(path, fallback_reason=reason)
+            )
+            if placement is None:
+                output_callbacks(result["out"], result["status"])
+                return
+        yield from _tagged(
+            self, job_order, output_callbacks, runtimeContext, path, iteration, placement
+        )
+
+    @staticmethod
+    def _has_classical_candidate(dispatcher: Any, path: str) -> bool:
+        return not all(dispatcher.qpus.is_quantum(c) for c in dispatcher.mapper.candidates(path))
+
+    def quantum_implementation(self) -> CommandLineTool | None:
+        """The tool named by this step's ``qflow:QuantumCandidate`` hint, loaded once."""
+        hint, _ = self.get_requirement(QUANTUM_CANDIDATE)
+        if not hint or not hint.get("quantum"):
+            return None
+        if self._quantum_tool is None:
+            context = (self.qflow_loading_context or LoadingContext()).copy()
+            context.construct_tool_object = make_tool
+            tool = load_tool(hint["quantum"], context)
+            if not isinstance(tool, CommandLineTool):
+                raise WorkflowException(
+                    f"{hint['quantum']}: a quantum implementation must be a CommandLineTool"
+                )
+            _check_same_interface(self, tool)
+            self._quantum_tool = tool
+        return self._quantum_tool
+
+
+def _await(future: Any) -> Iterator[None]:
+    """Yield None until a dispatcher future is done; its result, or None if it failed."""
+    while not future.done():
+        yield None
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - reported in the ledger and the log
+        logging.getLogger("cwltool").error("%s", exc)
+        return None
+
+
+def _tagged(
+    tool: CommandLineTool,
+    job_order: Any,
+    output_callbacks: Any,
+    runtime_context: RuntimeContext,
+    path: str,
+    iteration: int | None,
+    placement: Placement | None = None,
+) -> Iterator[Any]:
+    """cwltool's own job generator for ``tool``, each job tagged with where it belongs."""
+    for job in CommandLineTool.job(tool, job_order, output_callbacks, runtime_context):
+        if isinstance(job, ConnectorJob):
+            job.step_path = path
+            job.iteration = iteration
+            job.placement = placement
+        yield job
+
+
+def _check_same_interface(classical: Process, quantum: Process) -> None:
+    """A quantum implementation must be a drop-in for the classical one."""
+
+    def names(params: Any) -> set[str]:
+        return {shortname(p["id"]) for p in params}
+
+    for kind in ("inputs", "outputs"):
+        ours, theirs = names(classical.tool[kind]), names(quantum.tool[kind])
+        if ours != theirs:
+            raise WorkflowException(
+                f"{quantum.tool['id']}: its {kind} {sorted(theirs)} differ from those of the "
+                f"classical implementation {classical.tool['id']} {sorted(ours)}"
+            )
 
 
 class TaggedWorkflowJobStep(WorkflowJobStep):
@@ -101,7 +205,9 @@ def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Process:
     """``construct_tool_object`` hook: qflow's classes for tools and workflows."""
     cls = toolpath_object.get("class") if hasattr(toolpath_object, "get") else None
     if cls == "CommandLineTool":
-        return QflowCommandLineTool(toolpath_object, loading_context)
+        tool = QflowCommandLineTool(toolpath_object, loading_context)
+        tool.qflow_loading_context = loading_context
+        return tool
     if cls == "Workflow":
         return QflowWorkflow(toolpath_object, loading_context)
     return default_make_tool(toolpath_object, loading_context)

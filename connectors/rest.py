@@ -1,0 +1,303 @@
+"""The ``rest`` quantum connector: any QPU service with the emulator's REST shape.
+
+Speaks the API of :mod:`qflow.emulator` (``/v1/tasks``, ``/v1/status``; see
+docs/emulator.md) with a bearer token read from a credential reference. Transient failures
+(connection errors, timeouts, HTTP 5xx) are retried with exponential backoff; a retried
+submission carries the same ``Idempotency-Key``, so a connection reset after the service
+accepted a task does not create a second one. Error messages never contain the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, ClassVar, cast
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from pydantic import Field, field_validator
+
+from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
+from qflow.secrets import SecretReference, redact, resolve_secret
+
+TASK_STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+"""HTTP statuses worth another attempt (a proxy hiccup, a restarting service)."""
+MAX_MESSAGE = 300
+"""Characters of a server's error text quoted in an exception."""
+
+
+class QpuError(RuntimeError):
+    """A QPU service call failed; the message says which location, call and why."""
+
+
+class QpuUnreachable(QpuError):
+    """No answer from the service after every retry (connection refused/reset, timeout)."""
+
+
+class QpuOffline(QpuError):
+    """The service answered that the QPU is offline (HTTP 503, code ``offline``)."""
+
+
+class QpuRequestError(QpuError):
+    """The service refused a request (HTTP 4xx, or 5xx after every retry)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class QpuAuthError(QpuRequestError):
+    """HTTP 401/403: the token is missing, wrong or not allowed."""
+
+
+class TaskNotFound(QpuRequestError):
+    """HTTP 404: the service does not know the task."""
+
+
+class ResultNotReady(QpuRequestError):
+    """HTTP 409: the task has no result (not completed yet, failed or cancelled)."""
+
+
+class RestQpuConnector(QuantumConnector):
+    """A QPU service reached over HTTP(S) with a bearer token."""
+
+    class Config(QuantumLocationConfig):
+        url: str = Field(description="Base URL of the QPU service; the API is under <url>/v1.")
+        token: SecretReference = Field(
+            description="Bearer token of the service, as a reference: ${env:NAME} or "
+            "${file:PATH}."
+        )
+        backend: str | None = Field(
+            default=None,
+            description="Backend the tasks run on when a task names none; omitted: the "
+            "service's default.",
+        )
+        timeout: float = Field(default=10.0, gt=0, description="HTTP timeout in seconds.")
+        http_retries: int = Field(
+            default=3,
+            ge=0,
+            description="Retries of a call that failed transiently (connection error, "
+            "timeout, HTTP 5xx).",
+        )
+        backoff: float = Field(
+            default=0.5,
+            ge=0,
+            description="Seconds before the first retry; doubled for each further one.",
+        )
+        verify_tls: bool = Field(
+            default=True, description="Verify the service's TLS certificate (https URLs)."
+        )
+
+        @field_validator("url")
+        @classmethod
+        def _check_url(cls, value: str) -> str:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    "url must be an http:// or https:// URL with a host. "
+                    "Fix: write e.g. url: https://qpu.example.org"
+                )
+            if parts.username or parts.password or parts.query or parts.fragment:
+                raise ValueError(
+                    "url must not carry credentials, a query or a fragment. "
+                    "Fix: put the credential in `token` as ${env:NAME} or ${file:PATH}"
+                )
+            return value.rstrip("/")
+
+    quantum: ClassVar[bool] = True
+    task_kinds: ClassVar[tuple[str, ...]] = ("qubo",)
+
+    def __init__(self, location: str, config: QuantumLocationConfig) -> None:
+        super().__init__(location, config)
+        self.cfg = cast(RestQpuConnector.Config, config)
+        self._session: aiohttp.ClientSession | None = None
+        self._token = ""
+
+    # -- session -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Resolve the token and open the one HTTP session this connector uses."""
+        if self._session is not None:
+            return
+        self._token = resolve_secret(self.cfg.token)
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
+            connector=aiohttp.TCPConnector(ssl=self.cfg.verify_tls),
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _scrub(self, text: str) -> str:
+        """Text safe for an exception: the token (and every registered secret) masked."""
+        text = redact(text)
+        return text.replace(self._token, "***") if self._token else text
+
+    def _fail(self, cls: type[QpuError], text: str, *args: Any) -> QpuError:
+        return cls(self._scrub(f"QPU {self.location}: {text}"), *args)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    async def _request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """One call with retries of transient failures; returns the last status and body."""
+        if self._session is None:
+            raise self._fail(QpuError, "connector used before start()")
+        url = f"{self.cfg.url}/v1{path}"
+        attempts = self.cfg.http_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._session.request(
+                    method, url, json=body, headers=headers, allow_redirects=False
+                ) as response:
+                    data = await response.read()
+                    if not _transient(response.status, data) or attempt == attempts:
+                        return response.status, data
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = _describe(exc)
+                if attempt == attempts:
+                    raise self._fail(
+                        QpuUnreachable,
+                        f"{method} {url} failed after {attempts} attempt(s): {problem}",
+                    ) from None
+            await asyncio.sleep(self.cfg.backoff * 2 ** (attempt - 1))
+            _ = problem  # the last problem is reported if every attempt fails
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        ok: tuple[int, ...] = (200,),
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        status, data = await self._request(method, path, body, headers)
+        if status in ok:
+            return data
+        raise self._http_error(method, path, status, data)
+
+    def _http_error(self, method: str, path: str, status: int, data: bytes) -> QpuError:
+        reason, code = _error_text(data)
+        where = f"{method} {self.cfg.url}/v1{path}"
+        if status == 503 and code == "offline":
+            return self._fail(QpuOffline, f"the QPU is offline ({reason})")
+        if status in (401, 403):
+            return self._fail(
+                QpuAuthError,
+                f"{where}: HTTP {status}: {reason}. Fix: check the token that "
+                f"{self.cfg.token} holds",
+                status,
+            )
+        cls = {404: TaskNotFound, 409: ResultNotReady}.get(status, QpuRequestError)
+        retried = f" (after {self.cfg.http_retries + 1} attempts)" if status >= 500 else ""
+        return self._fail(cls, f"{where}: HTTP {status}{retried}: {reason}", status)
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        data = await self._call(method, path, **kwargs)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise self._fail(QpuError, f"{method} {path}: the answer is not JSON") from None
+
+    # -- the QuantumConnector contract ---------------------------------------------------------
+    async def status(self) -> QpuStatus:
+        data = await self._json("GET", "/status")
+        done = data.get("tasks_completed")
+        return QpuStatus(
+            online=bool(data.get("online", False)),
+            capacity=int(data.get("capacity", 1)),
+            running=int(data.get("running", 0)),
+            pending=int(data.get("pending", 0)),
+            detail="" if done is None else f"{done} tasks completed",
+        )
+
+    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+        body = dict(task)
+        if self.cfg.backend and not body.get("backend"):
+            body["backend"] = self.cfg.backend
+        data = await self._json(
+            "POST",
+            "/tasks",
+            ok=(200, 201),
+            body=body,
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        if not isinstance(data, dict) or "id" not in data:
+            raise self._fail(QpuError, "POST /tasks: the answer has no task id")
+        return str(data["id"])
+
+    async def task_status(self, task_id: str) -> TaskInfo:
+        data = await self._json("GET", f"/tasks/{_quote(task_id)}")
+        state = data.get("state") if isinstance(data, dict) else None
+        if state not in TASK_STATES:
+            raise self._fail(QpuError, f"task {task_id}: unexpected state {state!r}")
+        return TaskInfo(
+            id=str(data.get("id", task_id)),
+            state=state,
+            message=data.get("message"),
+            qpu_seconds=_float(data.get("qpu_seconds")),
+            started=_float(data.get("started")),
+            ended=_float(data.get("ended")),
+        )
+
+    async def task_result(self, task_id: str) -> dict[str, Any]:
+        data = await self._json("GET", f"/tasks/{_quote(task_id)}/result")
+        if not isinstance(data, dict):
+            raise self._fail(QpuError, f"task {task_id}: the result is not a JSON object")
+        return data
+
+    async def task_stop(self, task_id: str) -> None:
+        await self._call("POST", f"/tasks/{_quote(task_id)}/cancel")
+
+    async def task_logs(self, task_id: str) -> str:
+        data = await self._call("GET", f"/tasks/{_quote(task_id)}/logs")
+        return self._scrub(data.decode("utf-8", errors="replace"))
+
+    async def target(self) -> dict[str, Any]:
+        data = await self._json("GET", "/status")
+        return {
+            "backend": self.cfg.backend or data.get("default_backend"),
+            "backends": data.get("backends", {}),
+            "kinds": data.get("kinds", list(self.task_kinds)),
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "url": self.cfg.url, "backend": self.cfg.backend}
+
+
+def _quote(task_id: str) -> str:
+    return quote(task_id, safe="")
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _transient(status: int, data: bytes) -> bool:
+    """5xx is worth a retry, except a service that says the QPU is offline."""
+    return status in RETRY_STATUSES and _error_text(data)[1] != "offline"
+
+
+def _error_text(data: bytes) -> tuple[str, str | None]:
+    """The service's error message and code from a JSON error body (or its raw text)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        code = body.get("code")
+        return body["error"][:MAX_MESSAGE], code if isinstance(code, str) else None
+    text = data.decode("utf-8", errors="replace").strip()
+    return (text[:MAX_MESSAGE] or "no message"), None
+
+
+def _describe(exc: BaseException) -> str:
+    """A connection failure in a few words (aiohttp's own text, never request headers)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
