@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, ClassVar, cast
 from urllib.parse import quote, urlsplit
 
@@ -19,6 +20,8 @@ from pydantic import Field, field_validator
 
 from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
 from qflow.secrets import SecretReference, redact, resolve_secret
+
+_logger = logging.getLogger("qflow.connectors.rest")
 
 TASK_STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -65,8 +68,7 @@ class RestQpuConnector(QuantumConnector):
     class Config(QuantumLocationConfig):
         url: str = Field(description="Base URL of the QPU service; the API is under <url>/v1.")
         token: SecretReference = Field(
-            description="Bearer token of the service, as a reference: ${env:NAME} or "
-            "${file:PATH}."
+            description="Bearer token of the service, as a reference: ${env:NAME} or ${file:PATH}."
         )
         backend: str | None = Field(
             default=None,
@@ -153,10 +155,10 @@ class RestQpuConnector(QuantumConnector):
                 async with self._session.request(
                     method, url, json=body, headers=headers, allow_redirects=False
                 ) as response:
-                    data = await response.read()
-                    if not _transient(response.status, data) or attempt == attempts:
-                        return response.status, data
-                    problem = f"HTTP {response.status}"
+                    status, data = response.status, await response.read()
+                if attempt == attempts or not _transient(status, data):
+                    return status, data
+                problem = f"HTTP {status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = _describe(exc)
                 if attempt == attempts:
@@ -164,8 +166,10 @@ class RestQpuConnector(QuantumConnector):
                         QpuUnreachable,
                         f"{method} {url} failed after {attempts} attempt(s): {problem}",
                     ) from None
-            await asyncio.sleep(self.cfg.backoff * 2 ** (attempt - 1))
-            _ = problem  # the last problem is reported if every attempt fails
+            delay = self.cfg.backoff * 2 ** (attempt - 1)
+            note = f"{method} {url}: {problem}; retry {attempt}/{attempts - 1} in {delay:g} s"
+            _logger.warning("%s", self._scrub(f"QPU {self.location}: {note}"))
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call(

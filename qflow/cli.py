@@ -175,12 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     connectors = sub.add_parser("connectors", help="list installed connectors and their keys")
     connectors.set_defaults(func=cmd_connectors)
+    for name, text in SERVICES.items():
+        sub.add_parser(name, help=text, add_help=False)  # own parser: see main()
     return parser
+
+
+SERVICES = {
+    "emulator": "serve the QPU service emulator (REST) on 127.0.0.1",
+    "gateway": "serve a site-wide QPU gateway for a deployment's quantum locations",
+}
+
+
+def _service_main(name: str, argv: list[str]) -> int:
+    if name == "emulator":
+        from qflow.emulator import main as service
+    else:
+        from qflow.gateway import main as service
+    return int(service(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="qflow: %(levelname)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVICES:
+        return _service_main(argv[0], argv[1:])
     # `qflow run wf.cwl [dep] [job] -- --input value`: what follows `--` are workflow inputs
     inputs = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv

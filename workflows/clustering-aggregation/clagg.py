@@ -48,8 +48,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -400,6 +403,85 @@ def cmd_solve(args: argparse.Namespace) -> None:
     print(f"solve: selected {solution['selected']} energy {solution['energy']:.6f}")
 
 
+def _qpu_request(
+    method: str, url: str, token: str, body: Any = None, key: str | None = None
+) -> Any:
+    """One JSON request to the QPU gateway; transient failures are retried with backoff."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if key:
+        headers["Idempotency-Key"] = key  # a retried submission never makes a second task
+    for attempt in range(5):
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == 4:
+                detail = exc.read().decode(errors="replace")[:500]
+                raise SystemExit(f"QPU gateway answered {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            if attempt == 4:
+                raise SystemExit(f"QPU gateway unreachable: {exc}") from None
+        time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def solve_on_qpu(
+    qubo: Mapping[str, Any], num_reads: int, num_sweeps: int, seed: int, url: str, token: str
+) -> dict[str, Any]:
+    """The quantum implementation: the same QUBO as a task on the QPU behind qflow's gateway."""
+    n = int(qubo["num_variables"])
+    if n == 0:
+        return solve_qubo(qubo, num_reads, num_sweeps, seed)
+    task = {
+        "kind": "qubo",
+        "qubo": [[int(i), int(j), float(v)] for i, j, v in qubo["terms"]],
+        "num_variables": n,
+        "num_reads": num_reads,
+        "num_sweeps": num_sweeps,
+        "seed": seed,
+    }
+    base = url.rstrip("/") + "/v1/tasks"
+    created = _qpu_request("POST", base, token, task, key=uuid.uuid4().hex)
+    delay = 0.02
+    while True:
+        info = _qpu_request("GET", f"{base}/{created['id']}", token)
+        if info["state"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    if info["state"] != "completed":
+        raise SystemExit(f"QPU task {info['state']}: {info.get('message') or 'no reason given'}")
+    result = _qpu_request("GET", f"{base}/{created['id']}/result", token)
+    selected = [i for i, x in enumerate(result["best_sample"]) if x]
+    return {
+        "selected": selected,
+        "energy": float(result["best_energy"]),
+        "solver": result.get("solver", "qpu"),
+        "feasible": is_independent(qubo, selected),
+        "num_reads": num_reads,
+        "num_sweeps": num_sweeps,
+        "seed": seed,
+    }
+
+
+def cmd_solve_qpu(args: argparse.Namespace) -> None:
+    url, token = os.environ.get("QFLOW_QPU_URL"), os.environ.get("QFLOW_QPU_TOKEN")
+    if not url or not token:
+        raise SystemExit(
+            "solve-qpu needs QFLOW_QPU_URL and QFLOW_QPU_TOKEN (qflow sets them for steps it "
+            "places on a quantum location); run 'solve' for the classical implementation"
+        )
+    qubo = json.loads(Path(args.qubo).read_text())
+    solution = solve_on_qpu(qubo, args.num_reads, args.num_sweeps, args.seed, url, token)
+    write_json(args.output, solution)
+    print(f"solve-qpu: selected {solution['selected']} energy {solution['energy']:.6f}")
+
+
 def cmd_silhouette(args: argparse.Namespace) -> None:
     points = load_array(args.points)
     qubo = json.loads(Path(args.qubo).read_text())
@@ -454,13 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     qubo.add_argument("--output", default="qubo.json")
     qubo.set_defaults(func=cmd_qubo)
 
-    solve = sub.add_parser("solve", help="simulated annealing on the QUBO")
-    solve.add_argument("--qubo", required=True)
-    solve.add_argument("--num-reads", type=int, default=100)
-    solve.add_argument("--num-sweeps", type=int, default=1000)
-    solve.add_argument("--seed", type=int, default=0)
-    solve.add_argument("--output", default="solution.json")
-    solve.set_defaults(func=cmd_solve)
+    for name, func, help_text in (
+        ("solve", cmd_solve, "simulated annealing on the QUBO (classical implementation)"),
+        ("solve-qpu", cmd_solve_qpu, "the QUBO as a task on a QPU (quantum implementation)"),
+    ):
+        solve = sub.add_parser(name, help=help_text)
+        solve.add_argument("--qubo", required=True)
+        solve.add_argument("--num-reads", type=int, default=100)
+        solve.add_argument("--num-sweeps", type=int, default=1000)
+        solve.add_argument("--seed", type=int, default=0)
+        solve.add_argument("--output", default="solution.json")
+        solve.set_defaults(func=func)
 
     sil = sub.add_parser("silhouette", help="consensus labels, score, best so far")
     sil.add_argument("--points", required=True)

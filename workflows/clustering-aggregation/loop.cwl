@@ -78,7 +78,8 @@ steps:
     # Quantum candidate: the QUBO could go to a QPU; solve.cwl is the classical
     # simulated-annealing implementation that runs when no quantum target is chosen.
     hints:
-      qflow:QuantumCandidate: {}
+      qflow:QuantumCandidate:
+        quantum: solve-qpu.cwl
     run: solve.cwl
     in:
       qubo: qubo/qubo
