@@ -19,7 +19,7 @@ from qflow.deployment import Deployment, DeploymentError, embedded_default, load
 
 EXIT_BAD_INPUT = 2
 
-_err = Console(stderr=True, highlight=False)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> int:

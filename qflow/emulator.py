@@ -355,6 +355,8 @@ class QpuEmulator:
             task.interrupted.set()
             task.execution.cancel()
             await asyncio.wait({task.execution})
+            if task.state not in FINAL_STATES:  # cancelled before its coroutine ran
+                self._finish(task, "cancelled", self._cancel_reason())
 
     def describe(self, task: Task) -> dict[str, Any]:
         return {
@@ -384,8 +386,8 @@ class QpuEmulator:
         await asyncio.to_thread(self._warm_up)
         while True:
             task = await self._next()
+            self._begin(task)  # no await since it left the queue: never seen "in between"
             task.execution = asyncio.create_task(self._execute(task))
-            self._running = task
             try:
                 await asyncio.wait({task.execution})
             except asyncio.CancelledError:
@@ -395,20 +397,27 @@ class QpuEmulator:
                 raise
             finally:
                 self._running = None
+                if task.state not in FINAL_STATES:  # cancelled before its coroutine ran
+                    self._finish(task, "cancelled", self._cancel_reason())
 
-    async def _execute(self, task: Task) -> None:
-        latency = BACKENDS[task.backend].latency_s * self.time_scale
+    def _begin(self, task: Task) -> None:
         task.state = "running"
         task.started = time.time()
+        self._running = task
         self._executed.append(task)
+        latency = BACKENDS[task.backend].latency_s * self.time_scale
         task.note(f"started on {task.backend} (latency {latency:.3f} s)")
         _logger.info("task %s started", task.id)
+
+    def _cancel_reason(self) -> str:
+        return "emulator stopped" if self._stopping else "cancelled while running"
+
+    async def _execute(self, task: Task) -> None:
         try:
-            await asyncio.sleep(latency)
+            await asyncio.sleep(BACKENDS[task.backend].latency_s * self.time_scale)
             result = await asyncio.to_thread(task.solver, task.interrupted.is_set)
         except asyncio.CancelledError:
-            why = "emulator stopped" if self._stopping else "cancelled while running"
-            self._finish(task, "cancelled", why)
+            self._finish(task, "cancelled", self._cancel_reason())
             raise
         except Exception as exc:  # noqa: BLE001 - a solver failure is the task's failure
             self._finish(task, "failed", f"{type(exc).__name__}: {exc}")

@@ -21,7 +21,7 @@ class Progress:
     """Subscribes to a ledger and shows what runs where."""
 
     def __init__(self, ledger: Ledger, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.ledger = ledger
         self._lock = threading.Lock()
         self._live: Live | None = None

@@ -82,4 +82,7 @@ def report_table(report: dict[str, Any]) -> Table:
 
 
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
-    (console or Console()).print(report_table(report))
+    console = console or Console()
+    if not console.is_terminal:
+        console.width = 160  # a file or a pipe: do not squeeze the table into 80 columns
+    console.print(report_table(report))

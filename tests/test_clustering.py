@@ -1,0 +1,39 @@
+"""The reference use case end to end through `qflow run` on the embedded local deployment."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from conftest import REPO, qflow_cli
+
+CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
+LOOP_STEPS = ("kmeans", "dbscan", "hierarchical", "qubo", "annealing", "silhouette")
+
+
+def test_clustering_aggregation_loops_until_the_silhouette_threshold(tmp_path: Path):
+    # at 1500 points, seed 0 needs three iterations before a consensus beats 0.8
+    proc = qflow_cli(
+        "run", str(CLUSTERING), str(REPO / "deployments" / "local.yml"),
+        "--outdir", str(tmp_path), "--", "--seed", "0", "--n_samples", "1500",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    iterations = out["iterations"]
+    assert 1 < iterations <= 10
+    assert out["score"] > 0.8 or iterations == 10
+
+    labels = np.load(out["labels"]["path"])
+    assert labels.shape == (1500,) and len(set(labels.tolist())) >= 2
+
+    report = json.loads((tmp_path / "qflow-report.json").read_text())
+    assert report["status"] == "success"
+    steps = Counter((r["step"], r["iteration"]) for r in report["steps"])
+    expected = {("/generate", None): 1}
+    expected.update({(f"/loop/{s}", i): 1 for s in LOOP_STEPS for i in range(iterations)})
+    assert steps == expected
+    assert report["totals"]["steps"] == 1 + len(LOOP_STEPS) * iterations
+    assert all(r["status"] == "success" and r["location"] == "local" for r in report["steps"])
