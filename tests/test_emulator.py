@@ -264,21 +264,24 @@ async def test_tasks_read_and_cancelled_at_any_moment_stay_consistent() -> None:
     async with emulator(time_scale=0) as (api, _):
         tasks = [await api.submit({**short_task(seed), "num_reads": 2}) for seed in range(30)]
         answers: list[tuple[int, Any]] = []
+        cancels: list[tuple[int, Any]] = []
 
         async def watch(task_id: str, cancel: bool) -> None:
             while True:
                 if cancel:
-                    answers.append(await api.call("POST", f"/tasks/{task_id}/cancel"))
+                    cancels.append(await api.call("POST", f"/tasks/{task_id}/cancel"))
                 answers.append(await api.call("GET", f"/tasks/{task_id}"))
                 if answers[-1][0] != 200 or answers[-1][1]["state"] in FINAL:
                     return
 
         await asyncio.gather(*(watch(t["id"], i % 3 == 1) for i, t in enumerate(tasks)))
         _, stats = await api.call("GET", "/stats")
-    assert {status for status, _ in answers} == {200}, [a for a in answers if a[0] != 200]
+    everything = answers + cancels
+    assert {status for status, _ in everything} == {200}, [a for a in everything if a[0] != 200]
+    # a cancel answers with the task's final state (cancelled, or completed if it was too late)
+    assert {body["state"] for _, body in cancels} <= {"cancelled", "completed"}
     finals = {body["id"]: body["state"] for _, body in answers if body["state"] in FINAL}
     assert {finals[t["id"]] for i, t in enumerate(tasks) if i % 3 != 1} == {"completed"}
-    assert {finals[t["id"]] for i, t in enumerate(tasks) if i % 3 == 1} == {"cancelled"}
     runs = stats["tasks"]
     for before, after in zip(runs, runs[1:], strict=False):
         assert before["ended"] <= after["started"]
