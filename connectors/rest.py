@@ -66,7 +66,7 @@ class RestQpuConnector(QuantumConnector):
     """A QPU service reached over HTTP(S) with a bearer token."""
 
     class Config(QuantumLocationConfig):
-        url: str = Field(description="Base URL of the QPU service; the API is under <url>/v1.")
+        url: str = Field(description="Base URL of the QPU service (the API is under its /v1 path).")
         token: SecretReference = Field(
             description="Bearer token of the service, as a reference: ${env:NAME} or ${file:PATH}."
         )

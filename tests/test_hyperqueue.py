@@ -7,6 +7,9 @@ connector connects to it with ``Client(server_dir)`` as it would to any running 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable
