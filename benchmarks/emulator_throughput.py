@@ -54,7 +54,8 @@ def random_qubo(n: int, seed: int) -> dict[str, Any]:
 def start_emulator(token: str) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "QFLOW_EMULATOR_TOKEN": token}
     cmd = [sys.executable, "-m", "qflow.emulator", "--port", "0", "--time-scale", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)  # fmt: skip
+    out, err = subprocess.PIPE, subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
     line = proc.stdout.readline().strip()  # type: ignore[union-attr]
     if not line.startswith("qflow emulator listening on "):
         proc.kill()

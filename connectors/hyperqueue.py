@@ -112,8 +112,8 @@ for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
 put("pid", {"host": host, "pid": os.getpid()})
 cancel_file = os.path.join(d, "cancel")
 if os.path.exists(cancel_file) or stop:
-    put("exit", {"exit_code": None, "reason": "cancelled", "started": None,
-                 "ended": time.time(), "host": host, "error": None})
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)  # nobody waits for it any more
     sys.exit(1)
 env = {k: v for k, v in os.environ.items() if k.startswith("HQ_") and k != "HQ_ACCESS_KEY"}
 env.update(spec["env"])
@@ -311,12 +311,14 @@ class HyperQueueConnector(Connector):
 
     async def stop(self) -> None:
         """Forget finished jobs, remove the own work directory, close the client thread."""
-        if self._leftovers and self._executor is not None:
-            deadline = time.monotonic() + 2.0
-            while self._leftovers and time.monotonic() < deadline:
-                await self._reap()
-                if self._leftovers:
-                    await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 2.0
+        while self._executor is not None and time.monotonic() < deadline:
+            await self._reap()
+            # tasks that wrote their exit status end in HyperQueue within milliseconds;
+            # tasks cancelled while queued end only when a worker takes them: not waited for
+            if not any((c / "exit").exists() for c in self._leftovers.values()):
+                break
+            await asyncio.sleep(0.05)
         if self._own_workdir and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -603,8 +605,8 @@ class HyperQueueConnector(Connector):
         deadline = time.monotonic() + CANCEL_WAIT_S
         next_check = time.monotonic() + HQ_CHECK_INTERVAL_S
         while time.monotonic() < deadline:
-            if (control / "exit").exists():
-                return
+            if (control / "exit").exists() or not control.exists():
+                return  # ended, or cancelled before it started (the wrapper removed it)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + HQ_CHECK_INTERVAL_S
                 with contextlib.suppress(Exception):

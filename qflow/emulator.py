@@ -725,9 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (math.isfinite(args.time_scale) and args.time_scale >= 0):
         parser.error("--time-scale must be a finite number >= 0")
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-        )
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    _logger.setLevel(logging.INFO)  # task events on stderr, even under qflow's WARNING root
     try:
         serve(args.host, args.port, token, args.backend, args.time_scale, args.offline)
     except OSError as exc:

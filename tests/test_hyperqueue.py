@@ -331,6 +331,8 @@ def test_cancel_while_queued_never_runs_the_command(hq_server: HqServer, tmp_pat
     while hq_server.unfinished(ids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hq_server.unfinished(ids) == []
+    # the cancelled task's wrapper removed its control directory when it finally started
+    assert list((tmp_path / "hq-control").iterdir()) == []
 
 
 # -- concurrency, latency, the event loop ---------------------------------------------------
