@@ -9,10 +9,12 @@ The task does not run the step's command directly but a small Python wrapper (ru
 control directory under ``workdir``, then:
 
 1. writes ``pid`` (host and wrapper pid), then checks for a ``cancel`` file (a step cancelled
-   while its task was still queued exits here, without running anything);
+   while its task was still queued removes its control directory and exits here, without
+   running anything);
 2. starts the command in its own process group with the step's environment (plus HyperQueue's
-   ``HQ_*`` allocation variables), working directory and redirections, and writes ``started``
-   (time and process group id);
+   ``HQ_*`` allocation variables but ``HQ_ACCESS_KEY``; nothing else of the worker's
+   environment), working directory and redirections, and writes ``started`` (time and
+   process group id);
 3. waits for the command, every ``poll_interval`` checking for a ``cancel`` file and the time
    limit; either ends the process group (SIGTERM, 2 s grace, SIGKILL) as the local connector
    does;
@@ -20,9 +22,10 @@ control directory under ``workdir``, then:
    start and end time, why it was ended) and exits with the command's status, so HyperQueue
    shows failed steps as failed tasks.
 
-A forked guardian process, in a session of its own, kills the command's process group if the
-wrapper itself is killed (HyperQueue SIGKILLs a task's main process only, e.g. when its
-worker or server stops), so a lost task never leaves the command behind.
+HyperQueue signals only a task's main process (measured: SIGINT when its server stops), not
+its process group. The wrapper turns SIGINT/SIGTERM/SIGHUP into ending the command's group;
+a forked guardian process, in a session of its own, ends the group if the wrapper itself is
+killed outright (SIGKILL), so a lost task never leaves the command behind.
 
 Completion: the connector polls the control directory every ``poll_interval`` (a ``stat``):
 ``started`` fires ``on_started``, ``exit`` ends the wait, so a finished task is noticed within
@@ -33,11 +36,11 @@ costs well under a millisecond) to notice tasks that ended without the wrapper w
 ``exit`` (wrapper not startable, control directory not visible on the worker, task killed).
 
 Cancellation: the Python API of HyperQueue 0.27 has no cancel (only submit, wait, forget and
-stop-server; the client protocol is encrypted and not exposed), so cancelling is cooperative:
-the connector creates ``cancel`` and waits until the wrapper reports the command ended; if it
-does not within :data:`CANCEL_WAIT_S` and the task runs on this host, the connector kills the
-process group itself. A task still queued in HyperQueue stays queued until a worker takes it,
-then exits at once without running the command.
+stop-server; the server's own client protocol is not exposed to Python), so cancelling is
+cooperative: the connector creates ``cancel`` and waits until the wrapper reports the command
+ended; if it does not within :data:`CANCEL_WAIT_S` and the task runs on this host, the
+connector kills the process group itself. A task still queued in HyperQueue stays queued until
+a worker takes it, then exits at once without running the command.
 
 All HyperQueue client calls (blocking, GIL-holding FFI calls) run on one dedicated thread per
 connector, which owns the client connection.
@@ -352,7 +355,13 @@ class HyperQueueConnector(Connector):
     def _connect(self) -> Any:
         """(client thread) The client connection, opened on first use."""
         if self._client is None:
-            from hyperqueue import Client
+            try:
+                from hyperqueue import Client
+            except ImportError as exc:
+                raise HyperQueueError(
+                    f"location {self.location}: the hyperqueue package is not installed ({exc}); "
+                    "pip install 'qflow[hyperqueue]'"
+                ) from None
 
             if not os.path.isdir(self.cfg.server_dir):
                 raise HyperQueueError(

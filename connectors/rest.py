@@ -119,9 +119,11 @@ class RestQpuConnector(QuantumConnector):
     # -- session -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Resolve the token and open the one HTTP session this connector uses."""
-        if self._session is not None:
-            return
-        self._token = resolve_secret(self.cfg.token)
+        if self._session is None:
+            await self._open(resolve_secret(self.cfg.token))
+
+    async def _open(self, token: str) -> None:
+        self._token = token
         self._session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {self._token}"},
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),

@@ -98,7 +98,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         deployment = load_deployment(args.deployment)
     except DeploymentError as exc:
         return _fail(str(exc))
-    problems = validate_workflow(args.workflow, deployment)
+    problems, warnings = validate_workflow(args.workflow, deployment)
+    for warning in warnings:
+        _err.print(f"qflow: warning: {warning}")
     if problems:
         return _fail("\n".join(problems))
     _err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")

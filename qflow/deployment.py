@@ -118,31 +118,37 @@ class Deployment:
         )
 
     def check_steps(self, step_paths: Iterable[str]) -> list[str]:
-        """Problems between the bindings and a workflow's steps; [] when every step is bound.
+        """Steps no binding maps to a location; [] when every step is bound.
 
-        ``step_paths`` are step paths (``/loop``, ``/loop/annealing``); their ancestors are
-        valid binding keys too. Only leaves (paths no other path descends from) need a
-        location: a sub-workflow step runs no command of its own.
+        ``step_paths`` are step paths (``/loop``, ``/loop/annealing``). Only leaves (paths no
+        other path descends from) need a location: a sub-workflow step runs no command of
+        its own.
         """
         steps = list(dict.fromkeys(step_paths))
-        known: dict[str, None] = {}
-        for step in steps:
-            parts = step.strip("/").split("/")
-            for i in range(1, len(parts) + 1):
-                known["/" + "/".join(parts[:i])] = None
-        parents = {path.rsplit("/", 1)[0] for path in known}
-        problems: list[tuple[int, str]] = []
-        if DEFAULT_BINDING not in self.bindings:
-            for step in (s for s in steps if s.rstrip("/") not in parents):
-                try:
-                    self.candidates(step)
-                except UnboundStepError:
-                    problems.append((self.bindings_line, self._unbound(step)))
+        parents = {path.rsplit("/", 1)[0] for path in _with_ancestors(steps)}
+        if DEFAULT_BINDING in self.bindings:
+            return []
+        problems = []
+        for step in (s for s in steps if s.rstrip("/") not in parents):
+            try:
+                self.candidates(step)
+            except UnboundStepError:
+                problems.append(self._unbound(step))
+        return problems
+
+    def unused_bindings(self, step_paths: Iterable[str]) -> list[str]:
+        """Bindings that name no step of this workflow (nor an ancestor of one).
+
+        Warnings, not errors: one deployment serves many workflows (the embedded default
+        binds the clustering workflow's quantum step), but a typo deserves a word.
+        """
+        known = _with_ancestors(list(step_paths))
+        messages: list[tuple[int, str]] = []
         for key in self.bindings:
             if key == DEFAULT_BINDING or key in known:
                 continue
             line = self.binding_lines.get(key, self.bindings_line)
-            problems.append(
+            messages.append(
                 (
                     line,
                     f"{self.source}:{line}: bindings.{key}: the workflow has no step {key}. "
@@ -150,8 +156,18 @@ class Deployment:
                     f"{_listing(known)}",
                 )
             )
-        problems.sort(key=lambda p: p[0])
-        return [message for _, message in problems]
+        messages.sort(key=lambda p: p[0])
+        return [message for _, message in messages]
+
+
+def _with_ancestors(steps: list[str]) -> dict[str, None]:
+    """Every step path and every ancestor path of one, in order."""
+    known: dict[str, None] = {}
+    for step in steps:
+        parts = step.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            known["/" + "/".join(parts[:i])] = None
+    return known
 
 
 def load_deployment(path: str | Path) -> Deployment:

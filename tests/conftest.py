@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hq_server import hq_server  # noqa: F401 - the HyperQueue server fixture
 
 from qflow.connector import Connector, registry
 from qflow.deployment import Deployment, parse_deployment

@@ -70,7 +70,7 @@ def test_run_then_report_table(tmp_path: Path):
 
 
 def test_report_refuses_what_is_not_a_report(tmp_path: Path):
-    proc = qflow_cli("report", str(_write(tmp_path / "x.json", "{\n  \"a\": 1\n}")))
+    proc = qflow_cli("report", str(_write(tmp_path / "x.json", '{\n  "a": 1\n}')))
     assert proc.returncode == 2 and "not a qflow run report" in proc.stderr
 
 

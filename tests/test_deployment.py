@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from qflow.connector import Connector, LocationConfig, registry
 from qflow.deployment import (
+    EMBEDDED_DEFAULT,
     Deployment,
     DeploymentError,
     Policy,
@@ -20,7 +21,8 @@ from qflow.deployment import (
     reference_markdown,
 )
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "deployment.md"
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "deployment.md"
 
 
 class BatchConnector(Connector):
@@ -357,10 +359,11 @@ def test_unbound_step_without_default():
     assert issubclass(UnboundStepError, LookupError)
 
 
-def test_binding_naming_a_step_that_does_not_exist():
+def test_binding_naming_a_step_that_does_not_exist_is_a_warning():
     text = GOOD.replace("/loop: compute", "/lop: compute")
     deployment = parse_deployment(text, "deploy.yml")
-    messages = deployment.check_steps(["/prepare", "/loop/annealing", "/loop/score"])
+    steps = ["/prepare", "/loop/annealing", "/loop/score"]
+    messages = deployment.unused_bindings(steps)
     assert messages == [
         f"deploy.yml:{line(text, '/lop:')}: bindings./lop: the workflow has no step /lop. "
         "Fix: did you mean '/loop'? Otherwise remove the binding or bind an existing step path "
@@ -439,10 +442,13 @@ def test_embedded_default_loads():
     deployment = embedded_default()
     assert isinstance(deployment, Deployment)
     assert deployment.source == "<embedded local.yml>"
-    assert list(deployment.locations) == ["local"]
+    assert list(deployment.locations) == ["local", "qpu"]
     assert deployment.locations["local"].connector == "local"
     assert deployment.locations["local"].slots == 2
+    assert deployment.locations["qpu"].connector == "emulator"
     assert deployment.candidates("/any/step") == ["local"]
+    assert deployment.candidates("/loop/annealing") == ["qpu", "local"]
+    assert (REPO / "deployments" / "local.yml").read_text() == EMBEDDED_DEFAULT.read_text()
 
 
 def test_reference_markdown_covers_location_config():

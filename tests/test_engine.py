@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from qflow.connectors.local import LocalConnector
 from conftest import DATA, REPO, deployment_from, run_in_process
+from qflow.connectors.local import LocalConnector
+
 from qflow.connector import JobOutcome, JobSpec, JobStartedCallback
 from qflow.deployment import embedded_default
 from qflow.engine.runner import run_cwl
@@ -43,7 +43,8 @@ def test_jobs_know_step_path_and_loop_iteration(tmp_path: Path):
         ("/loop/second", 0),
         ("/loop/second", 1),
     ]
-    assert all(r["location"] == "local" and r["connector"] == "local" for r in result.report["steps"])
+    records = result.report["steps"]
+    assert all(r["location"] == "local" and r["connector"] == "local" for r in records)
     assert all(r["nodes"] == 0 and r["node_seconds"] == 0 for r in result.report["steps"])
     saved = json.loads((tmp_path / "qflow-report.json").read_text())
     assert saved["status"] == "success" and saved["totals"]["steps"] == 4

@@ -24,6 +24,8 @@ from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
 
+pytest.importorskip("hyperqueue", reason="the hyperqueue package is not installed")
+
 PATH = "/usr/local/bin:/usr/bin:/bin"
 
 

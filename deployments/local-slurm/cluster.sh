@@ -293,6 +293,8 @@ SlurmdLogFile=$DIR/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 SlurmdParameters=config_overrides
+# pgid, not linuxproc: linuxproc scans /proc for a job's processes and races with the batch
+# script's first fork, so a job cancelled right at its start could leave its command running
 ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres

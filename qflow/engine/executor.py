@@ -44,7 +44,11 @@ class QflowExecutor(JobExecutor):
         logger: logging.Logger,
         runtime_context: RuntimeContext,
     ) -> None:
-        problems = self.dispatcher.deployment.check_steps(step_paths(process))
+        paths = step_paths(process)
+        deployment = self.dispatcher.deployment
+        for warning in deployment.unused_bindings(paths):
+            logging.getLogger("qflow").warning("%s", warning)
+        problems = deployment.check_steps(paths)
         if problems:
             self.bad_input = problems
             raise BadInputError("\n".join(problems))

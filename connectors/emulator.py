@@ -1,0 +1,65 @@
+"""The ``emulator`` quantum connector: a QPU emulator started inside this qflow run.
+
+It is the QPU of the embedded default deployment: no service to start, no credential to
+manage (the token is random, lives in this process only and is registered for redaction).
+Everything else is the ``rest`` connector talking HTTP to the emulator on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+
+from aiohttp import web
+from pydantic import Field
+
+from qflow.connectors.rest import RestQpuConnector
+from qflow.emulator import BACKENDS, DEFAULT_BACKEND, start_emulator, stop_emulator
+from qflow.quantum import QuantumLocationConfig
+from qflow.secrets import register_secret
+
+Backend = Literal[tuple(BACKENDS)]  # type: ignore[valid-type]
+
+
+class EmulatorConfig(QuantumLocationConfig):
+    backend: Backend = Field(  # type: ignore[valid-type]
+        default=DEFAULT_BACKEND,
+        description="QPU technology whose latency is emulated: "
+        + "; ".join(f"{name}: {b.description}" for name, b in BACKENDS.items()),
+    )
+    time_scale: float = Field(
+        default=1.0,
+        ge=0,
+        description="Factor on the backend's latency (0.1 makes a 2-minute neutral-atom task "
+        "take 12 s).",
+    )
+
+
+class EmulatorConnector(RestQpuConnector):
+    """A QPU emulator in this process, reached through the ``rest`` connector's client."""
+
+    Config = EmulatorConfig  # type: ignore[assignment]
+
+    def __init__(self, location: str, config: EmulatorConfig) -> None:  # type: ignore[override]
+        super().__init__(location, config)
+        self.emulator_config = config
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        token = secrets.token_urlsafe(24)
+        register_secret(token)
+        self._runner, url = await start_emulator(
+            token,
+            backend=self.emulator_config.backend,
+            time_scale=self.emulator_config.time_scale,
+        )
+        self.cfg = RestQpuConnector.Config.model_construct(url=url, token="")
+        await self._open(token)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._runner is not None:
+            await stop_emulator(self._runner)
+            self._runner = None
