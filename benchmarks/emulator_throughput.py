@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from qflow.connectors.rest import RestQpuConnector
 
 HERE = Path(__file__).resolve().parent

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
 from conftest import REPO, qflow_cli
 
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from conftest import SHARED
 
 SUITE = SHARED / "cwl-v1.2"

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
 from qflow.connectors.rest import (
     QpuAuthError,
     QpuOffline,
@@ -29,7 +30,6 @@ from qflow.connectors.rest import (
     RestQpuConnector,
     ResultNotReady,
 )
-
 from qflow.deployment import DeploymentError, parse_deployment, reference_markdown
 from qflow.emulator import QpuEmulator, emulator_of, start_emulator, stop_emulator
 from qflow.quantum import QuantumLocationConfig

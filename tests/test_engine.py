@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO, deployment_from, run_in_process
-from qflow.connectors.local import LocalConnector
 
+from conftest import DATA, REPO, deployment_from, run_in_process
 from qflow.connector import JobOutcome, JobSpec, JobStartedCallback
+from qflow.connectors.local import LocalConnector
 from qflow.deployment import embedded_default
 from qflow.engine.runner import run_cwl
 

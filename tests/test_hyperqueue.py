@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from hq_server import HqServer, HqUnavailable, process_alive, start_server, stop_server
 from hq_server import hq_server as hq_server  # noqa: F401 - the fixture, until conftest has it
-from qflow.connectors import hyperqueue as hq_module
-from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
+from qflow.connectors import hyperqueue as hq_module
+from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
 
 pytest.importorskip("hyperqueue", reason="the hyperqueue package is not installed")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from qflow.connectors.slurm import SlurmConnector, SlurmError
 from slurm_cluster import ClusterUnavailable, SshServer, start_sshd
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
+from qflow.connectors.slurm import SlurmConnector, SlurmError
 
 pytestmark = pytest.mark.slurm
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO, deployment_from, run_in_process
 
+from conftest import DATA, REPO, deployment_from, run_in_process
 from qflow.connector import registry
 
 EXAMPLE = REPO / "docs" / "examples" / "qflow-exact-qpu"
