@@ -54,6 +54,10 @@ class QuantumLocationConfig(LocationConfig):
         description="Admin token of the shared gateway, as a reference: ${env:NAME} or "
         "${file:PATH}.",
     )
+    gateway_location: str | None = Field(
+        default=None,
+        description="This QPU's location name at the shared gateway; omitted: the same name.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

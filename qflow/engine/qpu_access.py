@@ -79,8 +79,11 @@ class QpuAccess:
             if skip_quantum:
                 continue
             client = await self._client(location)
+            config = self.config(location)
             try:
-                grant = await client.lease(location, step, self.config(location).max_wait)
+                grant = await client.lease(
+                    config.gateway_location or location, step, config.max_wait
+                )
             except LeaseRefused as exc:
                 _logger.warning("%s: %s", step, exc)
                 reasons.append(str(exc))
