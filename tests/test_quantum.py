@@ -163,7 +163,7 @@ def test_two_workflows_share_one_qpu_through_a_gateway(tmp_path: Path, vqpus: in
     assert len(tasks) == 6 and len({t["id"] for t in tasks}) == 6
     assert all(t["state"] == "completed" for t in tasks)
     ordered = sorted((t["started"], t["ended"]) for t in tasks)
-    assert all(prev[1] <= nxt[0] for prev, nxt in zip(ordered, ordered[1:]))
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(ordered, ordered[1:], strict=False))
     span = stats["last_end"] - stats["first_start"]
     print(f"vqpus={vqpus}: QPU occupancy {stats['busy_seconds'] / span:.2f} over {span:.2f} s")
 
