@@ -45,3 +45,32 @@ def test_clustering_aggregation_loops_until_the_silhouette_threshold(tmp_path: P
         assert (r["qpu_seconds"] > 0) == on_qpu
         assert r["nodes"] == 0 and r["node_seconds"] == 0
     assert report["totals"]["qpu_seconds"] > 0
+
+
+def test_clustering_on_hyperqueue_with_the_qpu_client_as_a_task(tmp_path: Path, hq_server):
+    deployment = tmp_path / "hq.yml"
+    deployment.write_text(
+        f"""
+version: 1
+locations:
+  hq: {{connector: hyperqueue, server_dir: {hq_server.server_dir}, slots: 2}}
+  qpu: {{connector: emulator, run_on: hq, max_wait: 60}}
+bindings:
+  default: hq
+  /loop/annealing: [qpu, hq]
+"""
+    )
+    proc = qflow_cli(
+        "run", str(CLUSTERING), str(deployment), "--quiet", "--outdir", str(tmp_path / "out"),
+        "--", "--n_samples", "1000", "--max_iterations", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["iterations"] == 1
+    report = json.loads((tmp_path / "out" / "qflow-report.json").read_text())
+    assert len(report["steps"]) == 1 + len(LOOP_STEPS)
+    for r in report["steps"]:
+        assert r["status"] == "success" and r["external_id"]  # the HyperQueue job id
+        if r["step"] == "/loop/annealing":
+            assert r["location"] == "qpu" and r["quantum"] and r["qpu_seconds"] > 0
+        else:
+            assert r["location"] == "hq" and r["connector"] == "hyperqueue"
