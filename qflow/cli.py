@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 
 from qflow import __version__
 from qflow.deployment import Deployment, DeploymentError, embedded_default, load_deployment
+from qflow.secrets import RedactingFilter, redact
 
 EXIT_BAD_INPUT = 2
 
@@ -23,7 +24,7 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> int:
-    _err.print(f"qflow: error: {message}")
+    _err.print(f"qflow: error: {redact(message)}")
     return EXIT_BAD_INPUT
 
 
@@ -198,6 +199,8 @@ def _service_main(name: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="qflow: %(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SERVICES:
         return _service_main(argv[0], argv[1:])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qflow import __version__
+from qflow.secrets import redact
 
 StepStatus = Literal["queued", "running", "success", "failed", "cancelled", "reused"]
 RunStatus = Literal["success", "failed", "cancelled"]
@@ -171,5 +172,5 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(redact(json.dumps(report, indent=2)) + "\n", encoding="utf-8")
     tmp.replace(target)

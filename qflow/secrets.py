@@ -7,6 +7,7 @@ qflow writes (logs, errors, reports).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -87,3 +88,13 @@ def redact(text: str) -> str:
     for secret in secrets:
         text = text.replace(secret, REDACTED)
     return text
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs known secrets from every record a handler emits (message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _known:
+            record.msg = redact(record.getMessage())
+            record.args = None
+        return True

@@ -199,3 +199,19 @@ def test_vendor_token_reaches_no_step_log_or_report(tmp_path: Path, vendor_token
     report = (tmp_path / "out" / "qflow-report.json").read_text()
     for text in (step_env, proc.stdout, proc.stderr, report):
         assert vendor_token not in text
+
+
+def test_known_secrets_are_redacted_from_logs_and_reports(tmp_path: Path, caplog):
+    import logging
+
+    from qflow.ledger import write_report
+    from qflow.secrets import RedactingFilter, register_secret
+
+    secret = "s3cr3t-value-for-redaction"
+    register_secret(secret)
+    logger = logging.getLogger("qflow.test-redaction")
+    caplog.handler.addFilter(RedactingFilter())
+    logger.warning("connecting with %s failed", secret)
+    assert secret not in caplog.text and "***" in caplog.text
+    write_report({"steps": [{"message": f"token {secret} refused"}]}, tmp_path / "r.json")
+    assert secret not in (tmp_path / "r.json").read_text()

@@ -28,6 +28,7 @@ from qflow.engine.executor import QflowExecutor
 from qflow.engine.schema import install_schemas
 from qflow.engine.tools import make_tool
 from qflow.ledger import Ledger, RunStatus, write_report
+from qflow.secrets import RedactingFilter
 
 _logger = logging.getLogger("qflow")
 
@@ -89,6 +90,7 @@ def run_cwl(
     dispatcher = Dispatcher(deployment, ledger)
     executor = QflowExecutor(dispatcher)
     log_handler = logging.StreamHandler(sys.stderr)  # plain, instead of cwltool's coloredlogs
+    log_handler.addFilter(RedactingFilter())
     cwltool_logger = logging.getLogger("cwltool")
     cwltool_logger.propagate = False  # its handler's level follows --quiet/--debug
     logging.getLogger("salad").propagate = False  # cwltool gives salad the same handler
