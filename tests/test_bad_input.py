@@ -19,9 +19,10 @@ from qflow.deployment import DeploymentError, parse_deployment
 
 LOCAL = YAML(typ="safe").load((REPO / "deployments" / "local.yml").read_text())
 
+WORDS = ["local", "qpu", "emulator", "/loop", "default", "${env:NOPE}"]
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
-    st.text(max_size=12), st.sampled_from(["local", "qpu", "emulator", "/loop", "default", "${env:NOPE}"]),
+    st.text(max_size=12), st.sampled_from(WORDS),
 )  # fmt: skip
 values = st.recursive(
     scalars,
@@ -113,10 +114,12 @@ def test_qflow_run_with_a_bad_deployment_allocates_nothing(tmp_path: Path, capsy
     assert not (tmp_path / "out" / "qflow-report.json").exists()
 
 
+ARGS = ["run", "validate", "report", "connectors", "--outdir", "--report", "--quiet", "--plot",
+        "x.cwl", str(DATA / "fail.cwl"), "nope.yml", "-", "--", "--bogus", ""]  # fmt: skip
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(
-    ["run", "validate", "report", "connectors", "--outdir", "--report", "--quiet", "--plot",
-     "x.cwl", str(DATA / "fail.cwl"), "nope.yml", "-", "--", "--bogus", ""]), max_size=5))  # fmt: skip
+@given(st.lists(st.sampled_from(ARGS), max_size=5))
 def test_random_arguments_never_crash(argv: list[str]):
     with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         try:
