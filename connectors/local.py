@@ -75,6 +75,16 @@ async def terminate_group(proc: subprocess.Popen[bytes]) -> None:
 class LocalConnector(Connector):
     """Runs step commands on the orchestrator host."""
 
+    async def cancel_orphan(self, external_id: str) -> None:
+        """Kill the process group a crashed run left, if that pid still leads its session."""
+        pid = int(external_id)
+        try:
+            if os.getsid(pid) != pid:
+                return  # the pid was reused by an unrelated process
+        except ProcessLookupError:
+            return
+        kill_process_group(pid, signal.SIGTERM)
+
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         stdin, stdout, stderr = _open_redirections(job)
         try:

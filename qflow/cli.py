@@ -7,6 +7,7 @@ allocated, 130/143 interrupted (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from ruamel.yaml import YAML
 
 from qflow import __version__
 from qflow.deployment import Deployment, DeploymentError, embedded_default, load_deployment
+from qflow.engine.run_state import Invocation, RunState
 from qflow.secrets import RedactingFilter, redact
 
 EXIT_BAD_INPUT = 2
@@ -42,52 +44,80 @@ def _deployment(path: str | None) -> Deployment:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qflow.engine.runner import run_cwl
-    from qflow.ledger import Ledger
-    from qflow.progress import Progress
+    from qflow.engine.run_state import Invocation, RunState
 
+    if args.resume:
+        state = RunState(Path(args.resume).resolve())
+        if not state.exists():
+            return _fail(
+                f"{args.resume} holds no qflow run to resume (no {state.dir}/run.json). "
+                "Fix: give the --outdir of an earlier qflow run"
+            )
+        if args.workflow:
+            return _fail("--resume takes the run directory only; the workflow is the run's own")
+        return _run(state.invocation(), state, args, resume=True)
+    if not args.workflow:
+        return _fail("give a WORKFLOW to run, or --resume RUNDIR")
     deployment_path, job = args.deployment, args.job
     if deployment_path and job is None and not looks_like_deployment(deployment_path):
         deployment_path, job = None, deployment_path
     for label, path in (("workflow", args.workflow), ("job order", job)):
         if path and not Path(path).is_file():
             return _fail(f"{label} file {path} does not exist. Fix: check the path")
+    outdir = Path(args.outdir).resolve()
+    invocation = Invocation(
+        workflow=str(Path(args.workflow).resolve()),
+        deployment=str(Path(deployment_path).resolve()) if deployment_path else None,
+        job=str(Path(job).resolve()) if job else None,
+        inputs=list(args.inputs),
+        report=str(Path(args.report).resolve())
+        if args.report
+        else str(outdir / "qflow-report.json"),
+    )
+    return _run(invocation, RunState(outdir), args, resume=False)
+
+
+def _run(invocation: Invocation, state: RunState, args: argparse.Namespace, resume: bool) -> int:
+    from qflow.engine.runner import run_cwl
+    from qflow.ledger import Ledger
+    from qflow.progress import Progress
+
     try:
-        deployment = _deployment(deployment_path)
+        deployment = _deployment(invocation.deployment)
     except DeploymentError as exc:
         return _fail(str(exc))
-    outdir = Path(args.outdir).resolve()
-    report_path = args.report or str(outdir / "qflow-report.json")
-    state = outdir / ".qflow"
+    ledger = Ledger()
+    if resume:
+        ledger.remember(state.previous_records())
+    else:
+        state.start_fresh(invocation)
     argv = [
-        "--outdir",
-        str(outdir),
-        "--tmpdir-prefix",
-        f"{state}/tmp/",
-        "--tmp-outdir-prefix",
-        f"{state}/steps/",
-        "--disable-color",
-    ]
+        "--outdir", str(state.rundir), "--tmpdir-prefix", state.tmp_prefix,
+        "--cachedir", str(state.cache), "--disable-color",
+    ]  # fmt: skip
     if not args.verbose:
         argv.append("--quiet")
     if args.no_container:
         argv.append("--no-container")
-    argv.append(args.workflow)
-    if job:
-        argv.append(job)
-    argv += args.inputs
-    ledger = Ledger()
-    if args.quiet:
-        result = run_cwl(argv, deployment, report_path=report_path, ledger=ledger)
-    else:
-        with Progress(ledger):
-            result = run_cwl(argv, deployment, report_path=report_path, ledger=ledger)
+    argv += [invocation.workflow, *([invocation.job] if invocation.job else []), *invocation.inputs]
+    with contextlib.ExitStack() as stack:
+        if not args.quiet:
+            stack.enter_context(Progress(ledger))
+        result = run_cwl(
+            argv,
+            deployment,
+            report_path=invocation.report,
+            ledger=ledger,
+            state=state,
+            orphans=state.leftovers() if resume else [],
+        )
     if result.report is not None and not args.quiet:
         totals = result.report["totals"]
+        reused = sum(1 for r in result.report["steps"] if r["status"] == "reused")
         _err.print(
-            f"qflow: {result.status}: {totals['steps']} step executions, "
+            f"qflow: {result.status}: {totals['steps']} step executions ({reused} reused), "
             f"{totals['node_seconds']:.1f} node-s, {totals['qpu_seconds']:.1f} QPU-s, "
-            f"{totals['fallbacks']} fallbacks; report: {report_path}"
+            f"{totals['fallbacks']} fallbacks; report: {invocation.report}"
         )
     return result.exit_code
 
@@ -152,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a CWL workflow on the locations of a deployment")
-    run.add_argument("workflow", help="CWL workflow or tool")
+    run.add_argument("workflow", nargs="?", help="CWL workflow or tool")
     run.add_argument(
         "deployment",
         nargs="?",
@@ -160,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("job", nargs="?", help="job order (omitted: the workflow's defaults)")
     run.add_argument("--outdir", default=".", help="where outputs and the report go")
+    run.add_argument(
+        "--resume",
+        metavar="RUNDIR",
+        help="continue the interrupted or crashed run whose --outdir was RUNDIR",
+    )
     run.add_argument("--report", help="run report path (default OUTDIR/qflow-report.json)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.add_argument("--verbose", action="store_true", help="show cwltool's own log")

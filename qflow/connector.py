@@ -132,6 +132,12 @@ class Connector(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release whatever :meth:`start` acquired; called once at the end of a run."""
 
+    async def cancel_orphan(self, external_id: str) -> None:  # noqa: B027 - optional hook
+        """Cancel a job that a crashed qflow run left behind (its id from inflight.json).
+
+        Called by ``qflow run --resume`` before anything else; a job already gone is fine.
+        """
+
     @abc.abstractmethod
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         """Run one step execution to its end.

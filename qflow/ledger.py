@@ -59,6 +59,28 @@ class Ledger:
         self._records: list[StepRecord] = []
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._previous: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+
+    def remember(self, previous: list[dict[str, Any]]) -> None:
+        """Records of the run being resumed, to describe the executions it reuses."""
+        for old in previous:
+            if old.get("status") in ("success", "reused"):
+                self._previous.setdefault((old["step"], old["iteration"]), []).append(old)
+
+    def reused(self, step: str, iteration: int | None) -> StepRecord:
+        """An execution whose outputs came from the run directory's cache (not re-run)."""
+        now = time.time()
+        record = StepRecord(step=step, iteration=iteration, submitted=now, started=now)
+        earlier = self._previous.get((step, iteration))
+        if earlier:
+            old = earlier.pop(0)
+            record.location, record.connector = old.get("location"), old.get("connector")
+            record.quantum, record.external_id = bool(old.get("quantum")), old.get("external_id")
+        with self._lock:
+            self._records.append(record)
+        self._emit("submitted", record)
+        self.ended(record, "reused", ended=now, node_seconds=0.0, message="outputs reused")
+        return record
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -63,3 +63,13 @@ def register_connector() -> Iterator:
     yield add
     for name in added:
         registry().pop(name, None)
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie is dead for our purpose)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, REPO, deployment_from, run_in_process
+from conftest import DATA, REPO, deployment_from, process_alive, run_in_process
 from qflow.connector import JobOutcome, JobSpec, JobStartedCallback
 from qflow.connectors.local import LocalConnector
 from qflow.deployment import embedded_default
@@ -128,7 +127,7 @@ def test_time_limit_kills_the_step(tmp_path: Path):
     (record,) = result.report["steps"]
     assert record["status"] == "failed"
     assert "time limit" in record["message"]
-    assert not _alive(int(pidfile.read_text()))
+    assert not process_alive(int(pidfile.read_text()))
 
 
 def test_failing_step_fails_the_run(tmp_path: Path):
@@ -173,16 +172,6 @@ def test_unbound_step_is_bad_input_and_runs_nothing(tmp_path: Path):
     assert not (tmp_path / "qflow-report.json").exists()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purpose
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
-
-
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_cancels_running_steps(tmp_path: Path, sig: int, code: int):
     pidfile = tmp_path / "pid"
@@ -210,7 +199,7 @@ def test_interrupt_cancels_running_steps(tmp_path: Path, sig: int, code: int):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, err
-    assert not _alive(step_pid), "the step's process survived the interrupt"
+    assert not process_alive(step_pid), "the step's process survived the interrupt"
     report = json.loads((outdir / "qflow-report.json").read_text())
     assert report["status"] == "cancelled"
     assert [r["status"] for r in report["steps"]] == ["cancelled"]

@@ -132,6 +132,32 @@ class Dispatcher:
         self.in_flight -= 1
         return completion
 
+    def release_unused(self, placement: Placement) -> None:
+        """Give back a QPU lease whose step needed no execution (its outputs were cached)."""
+        asyncio.run_coroutine_threadsafe(self.qpus.release(placement), self._loop)
+
+    def cancel_orphans(self, leftovers: list[dict[str, Any]]) -> None:
+        """Cancel what a crashed run left running (from its inflight.json), before starting."""
+        future = asyncio.run_coroutine_threadsafe(self._cancel_orphans(leftovers), self._loop)
+        future.result(CANCEL_TIMEOUT_S)
+
+    async def _cancel_orphans(self, leftovers: list[dict[str, Any]]) -> None:
+        for entry in leftovers:
+            location, external_id = entry.get("location"), entry.get("external_id")
+            if location not in self.deployment.locations or not external_id:
+                continue
+            if self.qpus.is_quantum(location):  # the QPU client command ran on run_on or here
+                client = self.qpus.config(location).run_on
+                connector: Any = await self._connector(client) if client else self._qpu_client
+            else:
+                connector = await self._connector(location)
+            try:
+                await connector.cancel_orphan(external_id)
+                _logger.warning("cancelled %s left by the interrupted run on %s: %s",
+                                entry.get("step"), location, external_id)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - report, go on with the others
+                _logger.warning("could not cancel %s on %s: %s", external_id, location, exc)
+
     def cancel_all(self) -> None:
         """Cancel every in-flight step execution and wait until connectors cleaned up."""
         future = asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop)

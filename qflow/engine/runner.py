@@ -25,6 +25,7 @@ from cwltool.context import LoadingContext
 from qflow.deployment import Deployment
 from qflow.engine.dispatcher import Dispatcher
 from qflow.engine.executor import QflowExecutor
+from qflow.engine.run_state import RunState
 from qflow.engine.schema import install_schemas
 from qflow.engine.tools import make_tool
 from qflow.ledger import Ledger, RunStatus, write_report
@@ -72,6 +73,8 @@ def run_cwl(
     ledger: Ledger | None = None,
     stdout: IO[str] | None = None,
     bad_input_exit: bool = True,
+    state: RunState | None = None,
+    orphans: list[dict[str, Any]] | None = None,
 ) -> RunResult:
     """Run ``cwltool <cwltool_argv>`` with every CommandLineTool placed by ``deployment``.
 
@@ -87,7 +90,11 @@ def run_cwl(
     loading_context = LoadingContext(vars(args))
     loading_context.construct_tool_object = make_tool
     ledger = ledger or Ledger()
+    if state is not None:
+        ledger.subscribe(state.on_event)
     dispatcher = Dispatcher(deployment, ledger)
+    if orphans:
+        dispatcher.cancel_orphans(orphans)
     executor = QflowExecutor(dispatcher)
     log_handler = logging.StreamHandler(sys.stderr)  # plain, instead of cwltool's coloredlogs
     log_handler.addFilter(RedactingFilter())

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from cwltool.command_line_tool import CommandLineTool
+from cwltool.command_line_tool import CallbackJob, CommandLineTool
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.errors import UnsupportedRequirement, WorkflowException
 from cwltool.job import CommandLineJob
@@ -147,6 +147,12 @@ def _tagged(
             job.step_path = path
             job.iteration = iteration
             job.placement = placement
+        elif isinstance(job, CallbackJob):  # a cache hit: outputs of an earlier execution
+            dispatcher = getattr(runtime_context, "qflow_dispatcher", None)
+            if dispatcher is not None:
+                dispatcher.ledger.reused(path, iteration)
+                if placement is not None and placement.quantum:
+                    dispatcher.release_unused(placement)  # nothing will run on the QPU
         yield job
 
 

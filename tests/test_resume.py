@@ -1,0 +1,67 @@
+"""Resume: kill -9 the orchestrator in the middle of the clustering loop, then --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conftest import REPO, process_alive, qflow_cli
+
+CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
+INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2"]  # two iterations
+
+
+def _ended(rundir: Path) -> list[dict]:
+    try:
+        return json.loads((rundir / ".qflow" / "records.json").read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def test_kill_9_then_resume_gives_the_same_outputs_without_recomputing(tmp_path: Path):
+    reference = qflow_cli("run", str(CLUSTERING), "--quiet", "--outdir", str(tmp_path / "ref"),
+                          *INPUTS)  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = json.loads(reference.stdout)
+
+    rundir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qflow.cli", "run", str(CLUSTERING), "--quiet",
+         "--outdir", str(rundir), *INPUTS],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 180
+    while not any(r["step"] == "/loop/qubo" and r["iteration"] == 1 for r in _ended(rundir)):
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # a crash: no cleanup of any kind
+    proc.wait()
+    finished_before = {(r["step"], r["iteration"]) for r in _ended(rundir)}
+    leftovers = json.loads((rundir / ".qflow" / "inflight.json").read_text())
+
+    resumed = qflow_cli("run", "--resume", str(rundir), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    out = json.loads(resumed.stdout)
+    assert out["score"] == expected["score"] and out["iterations"] == expected["iterations"]
+    assert np.array_equal(np.load(out["labels"]["path"]), np.load(expected["labels"]["path"]))
+
+    report = json.loads((rundir / "qflow-report.json").read_text())
+    reused = {(r["step"], r["iteration"]) for r in report["steps"] if r["status"] == "reused"}
+    assert reused == finished_before, "every finished execution reused, nothing else"
+    assert ("/loop/kmeans", 0) in reused and ("/loop/qubo", 1) in reused
+    assert all(r["status"] in ("success", "reused") for r in report["steps"])
+    # what the crashed run left running on this host was cancelled, not orphaned
+    assert not any(process_alive(int(entry["external_id"])) for entry in leftovers)
+
+
+def test_resume_refuses_a_directory_without_a_run(tmp_path: Path):
+    proc = qflow_cli("run", "--resume", str(tmp_path))
+    assert proc.returncode == 2 and "holds no qflow run to resume" in proc.stderr
