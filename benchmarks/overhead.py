@@ -4,7 +4,9 @@
 through ``qflow run`` (embedded local deployment) and through plain ``cwltool``, alternating,
 in the same run. Per-iteration cost is the marginal one, (wall(N) - wall(1)) / (N - 1), so
 process start-up (the same for both, measured separately as ``*_startup_s``) does not hide
-or inflate it; ``ratio`` = qflow / cwltool per iteration, the target is <= 1.2.
+or inflate it; each figure is the minimum over the repeats (the least disturbed run on a
+shared machine, taken the same way for both); ``ratio`` = qflow / cwltool per iteration,
+the target is <= 1.2.
 
 Prints a table and writes JSON (default benchmarks/results/overhead.json):
 ``{"local": {"qflow_s_per_iter", "cwltool_s_per_iter", "ratio", ...}}``.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,7 @@ def measure_local(iterations: int, repeats: int) -> dict[str, float]:
                     samples[tool].setdefault(count, []).append(wall(cmd, workdir))
     result: dict[str, float] = {}
     for tool, by_count in samples.items():
-        one, many = statistics.median(by_count[1]), statistics.median(by_count[iterations])
+        one, many = min(by_count[1]), min(by_count[iterations])
         result[f"{tool}_s_per_iter"] = (many - one) / (iterations - 1)
         result[f"{tool}_startup_s"] = one
         result[f"{tool}_total_s"] = many
@@ -69,7 +70,7 @@ def measure_local(iterations: int, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=str(HERE / "results" / "overhead.json"))
     args = parser.parse_args(argv)
 

@@ -93,7 +93,7 @@ def _run(invocation: Invocation, state: RunState, args: argparse.Namespace, resu
         state.start_fresh(invocation)
     argv = [
         "--outdir", str(state.rundir), "--tmpdir-prefix", state.tmp_prefix,
-        "--cachedir", str(state.cache), "--disable-color",
+        "--tmp-outdir-prefix", state.steps_prefix, "--disable-color",
     ]  # fmt: skip
     if not args.verbose:
         argv.append("--quiet")

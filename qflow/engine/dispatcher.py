@@ -22,6 +22,7 @@ from qflow.connector import Connector, JobOutcome, JobSpec, LocationConfig, conn
 from qflow.connectors.local import LocalConnector
 from qflow.engine.placement import NoPlacement, Placement
 from qflow.engine.qpu_access import QpuAccess
+from qflow.engine.reuse import ReuseStore
 from qflow.ledger import Ledger, StepRecord
 from qflow.mapping import Mapper
 
@@ -63,6 +64,8 @@ class Dispatcher:
             {name: cfg.slots for name, cfg in deployment.locations.items()},
         )
         self.qpus = QpuAccess(deployment)
+        self.reuse: ReuseStore | None = None
+        """Finished executions of this run directory (set for qflow run, see run_state)."""
         self._qpu_client = LocalConnector("this host", LocationConfig(connector="local"))
         """Runs the client commands of QPU steps that name no ``run_on`` location."""
         self.in_flight = 0

@@ -24,6 +24,7 @@ from cwltool.utils import bytes2str_in_dicts
 
 from qflow.connector import JobOutcome, JobSpec, Resources
 from qflow.engine.placement import Placement
+from qflow.engine.reuse import job_key, link_outputs
 
 if TYPE_CHECKING:
     import subprocess
@@ -47,6 +48,7 @@ class ConnectorJob(CommandLineJob):
 
     step_path: str = "/"
     iteration: int | None = None
+    _reuse_key: str | None = None
     placement: Placement | None = None
     """Set for steps placed before their job was built (steps bound to QPUs)."""
 
@@ -65,6 +67,17 @@ class ConnectorJob(CommandLineJob):
             _logger.error("[job %s] Job error:\n%s", self.name, err)
             self._deliver({}, "permanentFail")
             return
+        store = dispatcher.reuse
+        if store is not None:
+            self._reuse_key = job_key(self, spec)
+            earlier = store.lookup(self._reuse_key)
+            if earlier is not None:  # finished before the run was interrupted: reuse it
+                link_outputs(earlier, self.outdir)
+                dispatcher.ledger.reused(self.step_path, self.iteration)
+                if self.placement is not None and self.placement.quantum:
+                    dispatcher.release_unused(self.placement)
+                self.finish(JobOutcome(exit_code=0))
+                return
         dispatcher.submit(self, spec)
 
     def _job_spec(
@@ -158,6 +171,9 @@ class ConnectorJob(CommandLineJob):
                 _logger.exception("Exception while collecting outputs of %s: %s", self.name, err)
                 status = "permanentFail"
         self._forget_secret_files(rc)
+        store = rc.qflow_dispatcher.reuse  # type: ignore[attr-defined]
+        if status == "success" and store is not None and self._reuse_key:
+            store.record(self._reuse_key, self.outdir)
         self._deliver(outputs, status)
         self._cleanup(rc)
         return status

@@ -1,8 +1,9 @@
 """What a run keeps in ``RUNDIR/.qflow`` so that ``qflow run --resume RUNDIR`` can continue it.
 
-* ``cache/``: cwltool's job cache. Every finished step execution's outputs live there, keyed
-  by its command line and inputs, so a resumed run gets them back as cache hits instead of
-  recomputing (loop iterations included: each iteration's inputs differ).
+* ``steps/``: the output directories of step executions, and ``reuse.json`` which finished
+  execution (keyed by its command line and inputs, see :mod:`qflow.engine.reuse`) left its
+  outputs where, so a resumed run reuses them instead of recomputing (loop iterations
+  included: each iteration's inputs differ).
 * ``run.json``: how the run was invoked (workflow, deployment, job order, inputs).
 * ``inflight.json``: external ids of executions that started and have not ended, rewritten
   on every start/end. After a crash (``kill -9``) it names what the run left behind in
@@ -21,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from qflow.engine.reuse import ReuseStore
 from qflow.ledger import StepRecord
 
 STATE_DIR = ".qflow"
@@ -41,8 +43,9 @@ class RunState:
     def __init__(self, rundir: Path) -> None:
         self.rundir = rundir
         self.dir = rundir / STATE_DIR
-        self.cache = self.dir / "cache"
+        self.steps_prefix = f"{self.dir / 'steps'}/"
         self.tmp_prefix = f"{self.dir / 'tmp'}/"
+        self._reuse_file = self.dir / "reuse.json"
         self._inflight_file = self.dir / "inflight.json"
         self._invocation_file = self.dir / "run.json"
         self._records_file = self.dir / "records.json"
@@ -54,8 +57,9 @@ class RunState:
         return self._invocation_file.is_file()
 
     def start_fresh(self, invocation: Invocation) -> None:
-        """A new run in this directory: forget any earlier run's cache and records."""
-        shutil.rmtree(self.cache, ignore_errors=True)
+        """A new run in this directory: forget any earlier run's outputs and records."""
+        shutil.rmtree(self.dir / "steps", ignore_errors=True)
+        self._reuse_file.unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_json(self._invocation_file, dataclasses.asdict(invocation))
         _write_json(self._records_file, [])
@@ -63,6 +67,9 @@ class RunState:
 
     def invocation(self) -> Invocation:
         return Invocation(**json.loads(self._invocation_file.read_text()))
+
+    def reuse_store(self) -> ReuseStore:
+        return ReuseStore.load(self._reuse_file)
 
     def leftovers(self) -> list[dict[str, Any]]:
         """Executions the previous run started and never saw end."""

@@ -93,6 +93,8 @@ def run_cwl(
     if state is not None:
         ledger.subscribe(state.on_event)
     dispatcher = Dispatcher(deployment, ledger)
+    if state is not None:
+        dispatcher.reuse = state.reuse_store()
     if orphans:
         dispatcher.cancel_orphans(orphans)
     executor = QflowExecutor(dispatcher)

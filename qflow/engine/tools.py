@@ -147,7 +147,7 @@ def _tagged(
             job.step_path = path
             job.iteration = iteration
             job.placement = placement
-        elif isinstance(job, CallbackJob):  # a cache hit: outputs of an earlier execution
+        elif isinstance(job, CallbackJob):  # cwltool --cachedir hit (qflow-cwl-runner)
             dispatcher = getattr(runtime_context, "qflow_dispatcher", None)
             if dispatcher is not None:
                 dispatcher.ledger.reused(path, iteration)
