@@ -7,8 +7,8 @@ fails are known cwltool limitations, so exactly those may fail through qflow too
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,6 +17,8 @@ import pytest
 from conftest import SHARED
 
 SUITE = SHARED / "cwl-v1.2"
+RUNNER = Path(sys.executable).parent / "qflow-cwl-runner"
+CWLTEST = Path(sys.executable).parent / "cwltest"
 CWLTOOL_FAILS = {"cwloutput_nolimit", "filename_with_hash_mark"}
 """Required tests plain cwltool 3.3 fails on this machine (same two with and without qflow)."""
 
@@ -26,12 +28,12 @@ CWLTOOL_FAILS = {"cwloutput_nolimit", "filename_with_hash_mark"}
     not (SUITE / "conformance_tests.yaml").is_file(),
     reason=f"CWL v1.2 conformance suite not found at {SUITE}",
 )
-@pytest.mark.skipif(shutil.which("qflow-cwl-runner") is None, reason="qflow is not installed")
 def test_required_conformance_through_qflow(tmp_path: Path):
+    assert RUNNER.is_file() and CWLTEST.is_file(), "install the project: pip install -e '.[test]'"
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         [
-            "cwltest", "--test", "conformance_tests.yaml", "--tool", "qflow-cwl-runner",
+            str(CWLTEST), "--test", "conformance_tests.yaml", "--tool", str(RUNNER),
             "--tags", "required", "-j2", f"--junit-xml={junit}", "--", "--no-container",
         ],
         cwd=SUITE,
