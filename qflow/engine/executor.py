@@ -18,6 +18,7 @@ from cwltool.errors import WorkflowException
 from cwltool.executors import JobExecutor
 from cwltool.process import Process
 
+from qflow.deployment import EMBEDDED_SOURCE
 from qflow.engine.dispatcher import Completion, Dispatcher
 from qflow.engine.tools import step_paths
 
@@ -46,8 +47,9 @@ class QflowExecutor(JobExecutor):
     ) -> None:
         paths = step_paths(process)
         deployment = self.dispatcher.deployment
-        for warning in deployment.unused_bindings(paths):
-            logging.getLogger("qflow").warning("%s", warning)
+        if deployment.source != EMBEDDED_SOURCE:  # the default serves every workflow: no noise
+            for warning in deployment.unused_bindings(paths):
+                logging.getLogger("qflow").warning("%s", warning)
         problems = deployment.check_steps(paths)
         if problems:
             self.bad_input = problems
