@@ -8,9 +8,19 @@ or inflate it; each figure is the minimum over the repeats (the least disturbed 
 shared machine, taken the same way for both); ``ratio`` = qflow / cwltool per iteration,
 the target is <= 1.2.
 
+``slurm`` (needs root: starts a real cluster with deployments/local-slurm/cluster.sh):
+20 sequential ``sleep 1`` steps through qflow on partition ``compute`` against the Slurm
+floor measured on the same cluster in the same run: 20 x (``sbatch --parsable``, then
+``squeue`` for that job every 0.1 s until it is gone). Overhead per step = (wall - job run
+time) / steps; qflow's own start-up (a run with no step at all) is subtracted from its wall.
+``slurm_scatter``: a 200-way scatter of a trivial step through qflow against 200 raw ``sbatch``
+submissions (all submitted, then ``squeue`` until none is left); throughput = jobs / second.
+
 Prints a table and writes JSON (default benchmarks/results/overhead.json):
-``{"local": {"qflow_s_per_iter", "cwltool_s_per_iter", "ratio", ...}}``.
-Run: ``python benchmarks/overhead.py [--iterations 50] [--repeats 3]``.
+``{"local": {"qflow_s_per_iter", "cwltool_s_per_iter", "ratio", ...},
+"slurm": {"qflow_overhead_s_per_step", "floor_overhead_s_per_step", "ratio"},
+"slurm_scatter": {"qflow_jobs_per_s", "sbatch_jobs_per_s", "ratio"}}``.
+Run: ``python benchmarks/overhead.py [--iterations 50] [--repeats 5] [--no-slurm]``.
 """
 
 from __future__ import annotations
@@ -26,6 +36,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOOP = HERE / "cwl" / "loop.cwl"
+SLEEP_LOOP = HERE / "cwl" / "sleep-loop.cwl"
+SCATTER = HERE / "cwl" / "scatter.cwl"
+NOTHING = HERE / "cwl" / "nothing.cwl"
+SLURM_DEPLOYMENT = """\
+version: 1
+locations:
+  compute: {connector: slurm, partition: compute, nodes: 1, slots: 200}
+bindings:
+  default: compute
+"""
 
 
 def wall(cmd: list[str], cwd: str) -> float:
@@ -67,22 +87,123 @@ def measure_local(iterations: int, repeats: int) -> dict[str, float]:
     return result
 
 
+def qflow_wall(workflow: Path, workdir: str, deployment: str | None, *inputs: str) -> float:
+    cmd = [sys.executable, "-m", "qflow.cli", "run", "--quiet", "--outdir",
+           tempfile.mkdtemp(dir=workdir), str(workflow)]  # fmt: skip
+    cmd += [deployment] if deployment else []
+    return wall(cmd + ["--", *inputs] if inputs else cmd, workdir)
+
+
+def slurm_floor(env: dict[str, str], steps: int, seconds: float) -> float:
+    """Wall of ``steps`` x (sbatch --parsable; squeue every 0.1 s until the job is gone)."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        job = subprocess.run(
+            ["sbatch", "--parsable", "-p", "compute", "-N1", "-o", "/dev/null",
+             f"--wrap=sleep {seconds}"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip().split(";")[0]  # fmt: skip
+        while subprocess.run(
+            ["squeue", "--noheader", "-j", job, "-o", "%i"], env=env, capture_output=True,
+            text=True,
+        ).stdout.strip():  # fmt: skip
+            time.sleep(0.1)
+    return time.perf_counter() - start
+
+
+def sbatch_throughput(env: dict[str, str], jobs: int) -> float:
+    """Jobs per second of ``jobs`` raw submissions of a trivial job, until all are done."""
+    start = time.perf_counter()
+    ids = [
+        subprocess.run(
+            ["sbatch", "--parsable", "-p", "compute", "-o", "/dev/null", "--wrap=true"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip().split(";")[0]
+        for _ in range(jobs)
+    ]  # fmt: skip
+    while subprocess.run(
+        ["squeue", "--noheader", "-o", "%i", "-j", ",".join(ids)], env=env,
+        capture_output=True, text=True,
+    ).stdout.strip():  # fmt: skip
+        time.sleep(0.05)
+    return jobs / (time.perf_counter() - start)
+
+
+def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, float]]:
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from slurm_cluster import start_cluster, stop_cluster
+
+    seconds = 1.0
+    with tempfile.TemporaryDirectory(prefix="qflow-bench-slurm-") as workdir:
+        cluster = start_cluster(Path(workdir) / "cluster")
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        deployment = Path(workdir) / "slurm.yml"
+        deployment.write_text(SLURM_DEPLOYMENT)
+        try:
+            startup = min(qflow_wall(NOTHING, workdir, None) for _ in range(repeats))
+            qflow_seq, floor_seq, qflow_rate, raw_rate = [], [], [], []
+            for _ in range(repeats):
+                run = qflow_wall(SLEEP_LOOP, workdir, str(deployment), "--count", str(steps),
+                                 "--seconds", str(seconds))  # fmt: skip
+                qflow_seq.append((run - startup - steps * seconds) / steps)
+                floor_seq.append(
+                    (slurm_floor(cluster.env, steps, seconds) - steps * seconds) / steps
+                )
+                scatter = qflow_wall(SCATTER, workdir, str(deployment), "--width", str(width))
+                qflow_rate.append(width / (scatter - startup))
+                raw_rate.append(sbatch_throughput(cluster.env, width))
+        finally:
+            stop_cluster(Path(workdir) / "cluster")
+    return {
+        "slurm": {
+            "qflow_overhead_s_per_step": min(qflow_seq),
+            "floor_overhead_s_per_step": min(floor_seq),
+            "ratio": min(qflow_seq) / min(floor_seq),
+            "steps": steps,
+            "qflow_startup_s": startup,
+        },
+        "slurm_scatter": {
+            "qflow_jobs_per_s": max(qflow_rate),
+            "sbatch_jobs_per_s": max(raw_rate),
+            "ratio": max(qflow_rate) / max(raw_rate),
+            "width": width,
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=str(HERE / "results" / "overhead.json"))
+    parser.add_argument("--no-slurm", action="store_true", help="skip the Slurm scenarios")
+    parser.add_argument("--slurm-steps", type=int, default=20)
+    parser.add_argument("--scatter-width", type=int, default=200)
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()[0]
     local = measure_local(args.iterations, args.repeats)
-    results = {"local": local, "load_avg_1min": [load_before, os.getloadavg()[0]]}
+    results: dict = {"local": local}
+    if not args.no_slurm:
+        results.update(measure_slurm(args.slurm_steps, args.scatter_width, min(args.repeats, 3)))
+    results["load_avg_1min"] = [load_before, os.getloadavg()[0]]
 
     print(f"{'scenario':<10} {'qflow s/iter':>13} {'floor s/iter':>13} {'ratio':>7}  floor")
     print(
         f"{'local':<10} {local['qflow_s_per_iter']:>13.4f} {local['cwltool_s_per_iter']:>13.4f}"
         f" {local['ratio']:>7.2f}  cwltool, {args.iterations}-iteration loop"
     )
+    if "slurm" in results:
+        sl, sc = results["slurm"], results["slurm_scatter"]
+        print(
+            f"{'slurm':<10} {sl['qflow_overhead_s_per_step']:>13.4f} "
+            f"{sl['floor_overhead_s_per_step']:>13.4f} {sl['ratio']:>7.2f}  sbatch + squeue every "
+            f"0.1 s, {sl['steps']} sequential sleep 1 (overhead s/step)"
+        )
+        print(
+            f"{'scatter':<10} {sc['qflow_jobs_per_s']:>13.1f} {sc['sbatch_jobs_per_s']:>13.1f} "
+            f"{sc['ratio']:>7.2f}  {sc['width']} raw sbatch (jobs/s; ratio = qflow / raw)"
+        )
     print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -326,6 +326,28 @@ class SlurmConnector(Connector):
         self._own_workdir = False
         await self._transport.close()
 
+    async def cancel_orphan(self, external_id: str) -> None:
+        """``scancel`` a job that a crashed run left behind and wait (bounded) until it ended.
+
+        A job Slurm no longer knows, or that already ended, is fine.
+        """
+        if not re.fullmatch(r"\d+(?:[_+]\d+)?", external_id):
+            raise SlurmError(f"{external_id!r} is not a Slurm job id")
+        await self._prepare()
+        await self._scancel([external_id])
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            info = (await self._squeue([external_id])).get(external_id)
+            if info is None or info.state in TERMINAL_STATES:
+                return
+            await asyncio.sleep(max(self.cfg.poll_interval, 0.1))
+        _logger.warning(
+            "Slurm job %s (location %s) still not ended %.0f s after scancel",
+            external_id,
+            self.location,
+            CANCEL_WAIT_S,
+        )
+
     async def _prepare(self) -> None:
         """Once: the SSH session, the work directory and the path of ``srun``."""
         if self._prepare_lock is None:
@@ -541,7 +563,8 @@ class SlurmConnector(Connector):
 
     async def _scancel(self, ids: list[str]) -> None:
         rc, _, err = await self._transport.run(["scancel", *ids])
-        if rc != 0 and "already completing or completed" not in err:
+        quiet = ("already completing or completed", "Invalid job id")
+        if rc != 0 and not any(q in err for q in quiet):
             _logger.warning("scancel %s: %s", " ".join(ids), err.strip())
 
     # -- the poller ----------------------------------------------------------------------

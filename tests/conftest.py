@@ -18,6 +18,8 @@ from qflow.connector import Connector, registry
 from qflow.deployment import Deployment, parse_deployment
 from qflow.engine.runner import RunResult, run_cwl
 
+pytest_plugins = ["conftest_slurm"]  # the session-scoped real Slurm cluster (slurm_cluster)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = REPO.parent / "shared"

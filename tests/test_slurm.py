@@ -7,6 +7,7 @@ come from Slurm have whole-second resolution, so the jobs that check them last >
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -565,6 +566,8 @@ def test_login_mode_runs_jobs_over_one_ssh_master(
     # the default work directory lives in the login user's home and is removed at the end
     assert workdir.startswith("/root/.qflow/slurm/over-ssh-")
     assert not os.path.exists(workdir)
+    with contextlib.suppress(OSError):  # the connector's base directory, if now empty
+        os.rmdir(os.path.dirname(workdir))
     assert not os.path.exists(control_dir)
     assert ssh_processes(control_dir) == []  # the master connection is gone
 
@@ -598,4 +601,27 @@ def test_login_mode_cancel_and_bad_key(
     assert slurm_cluster.active_jobs() == []
     state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
     assert state.strip() == "CANCELLED"
+    assert not process_alive(marker)
+
+
+def test_cancel_orphan_of_a_crashed_run(slurm_cluster: Any, tmp_path: Path) -> None:
+    """``qflow run --resume`` cancels what a crashed run left: a job submitted by another
+    connector instance (here: by sbatch directly), and a job id Slurm never knew."""
+    marker = f"sleep 4{uuid.uuid4().int % 1000}.25"
+    jobid = slurm_cluster.run(
+        "sbatch", "--parsable", "-p", "compute", "-o", "/dev/null", "--wrap", marker
+    ).strip()
+
+    async def main() -> None:
+        connector = make_connector(slurm_cluster, tmp_path)
+        try:
+            await connector.cancel_orphan(jobid)
+            await connector.cancel_orphan("999999")  # unknown: no error
+            with pytest.raises(SlurmError, match="not a Slurm job id"):
+                await connector.cancel_orphan("12; rm -rf /")
+        finally:
+            await connector.stop()
+
+    asyncio.run(main())
+    assert slurm_cluster.active_jobs() == []
     assert not process_alive(marker)

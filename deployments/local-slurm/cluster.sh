@@ -54,36 +54,52 @@ alive() { # alive PIDFILE -> prints the pid and returns 0 when that process runs
 
 tag_of() { cat "$DIR/tag" 2>/dev/null || true; }
 
-# The processes of this cluster: the daemons carry QFLOW_SLURM_TAG=<tag> in their environment;
-# slurmd starts its slurmstepds with an empty environment, but they keep slurmd's working
-# directory (DIR/log) and its log file open, which identifies them. Only processes named
-# slurm*/munged are considered (not, say, a `tail -f` of a log).
-cluster_pids() {
-    local tag=$1 p fd hit
+# The processes of this cluster, one line "KIND PID" each (KIND: slurmstepd, slurmd, daemon,
+# job). Daemons carry QFLOW_SLURM_TAG=<tag> in their environment; slurmd starts its
+# slurmstepds with an empty environment, but they keep slurmd's working directory (DIR/log).
+# Only processes named slurm*/munged count as daemons (not, say, a `tail -f` of a log). Job
+# processes that escaped their slurmstepd (reparented to init) still carry a SLURM_JOB_ID and
+# this cluster's SLURM_CONF. Builtins only: one pass over /proc costs no fork per process.
+scan() {
+    local tag=$1 p comm e hit job conf
+    local -a envs
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
         [ "$p" = $$ ] && continue
-        case $(cat "/proc/$p/comm" 2>/dev/null) in
-        slurm* | munged) ;;
-        *) continue ;;
-        esac
-        hit=0
-        if [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$DIR/log" ]; then
-            hit=1
-        elif [ -n "$tag" ] &&
-            tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -qxF "QFLOW_SLURM_TAG=$tag"; then
-            hit=1
-        else
-            for fd in "/proc/$p/fd/"*; do
-                case $(readlink "$fd" 2>/dev/null) in
-                "$DIR"/log/*)
-                    hit=1
-                    break
-                    ;;
+        comm=""
+        { read -r comm <"/proc/$p/comm"; } 2>/dev/null || continue
+        envs=()
+        { mapfile -d '' envs <"/proc/$p/environ"; } 2>/dev/null || true
+        case $comm in
+        slurm* | munged)
+            hit=0
+            if [ "/proc/$p/cwd" -ef "$DIR/log" ]; then
+                hit=1
+            else
+                for e in "${envs[@]}"; do
+                    if [ -n "$tag" ] && [ "$e" = "QFLOW_SLURM_TAG=$tag" ]; then
+                        hit=1
+                        break
+                    fi
+                done
+            fi
+            if [ $hit = 1 ]; then
+                case $comm in
+                slurmstepd | slurmd) echo "$comm $p" ;;
+                *) echo "daemon $p" ;;
                 esac
-            done 2>/dev/null
-        fi
-        [ $hit = 1 ] && echo "$p"
+                continue
+            fi
+            ;;
+        esac
+        job=0 conf=0
+        for e in "${envs[@]}"; do
+            case $e in
+            SLURM_JOB_ID=*) job=1 ;;
+            "SLURM_CONF=$CONF") conf=1 ;;
+            esac
+        done
+        if [ $job = 1 ] && [ $conf = 1 ]; then echo "job $p"; fi
     done
 }
 
@@ -91,9 +107,10 @@ descendants() { # descendants PID... -> the pids and all their descendants
     local -A kids=()
     local p ppid stat
     for p in /proc/[0-9]*; do
-        stat=$(cat "$p/stat" 2>/dev/null) || continue
-        stat=${stat##*) }
-        ppid=$(echo "$stat" | cut -d' ' -f2)
+        { read -r stat <"$p/stat"; } 2>/dev/null || continue
+        stat=${stat##*) } # "S PPID ..." after the command name
+        ppid=${stat#* }
+        ppid=${ppid%% *}
         kids[$ppid]="${kids[$ppid]:-} ${p#/proc/}"
     done
     local queue=("$@") out=() cur
@@ -137,22 +154,22 @@ kill_wait() { # kill_wait SECONDS PID... : SIGTERM, wait, then SIGKILL what is l
 }
 
 do_stop() {
-    local tag tmp p ctld munged stepds=() slurmds=() rest=()
+    local tag tmp kind p ctld munged stepds=() slurmds=() rest=()
     tag=$(tag_of)
     tmp=$(cat "$DIR/tmpdir" 2>/dev/null || true)
     ctld=$(alive "$DIR/slurmctld.pid") || ctld=""
     munged=$(alive "$DIR/munged.pid") || munged=""
     # The cluster is thrown away, so its jobs are not cancelled through the controller.
     # slurmstepd ignores SIGTERM: SIGKILL the step daemons with their process trees (the job
-    # processes) at once; then the slurmds (they exit on SIGTERM within milliseconds while the
-    # controller still answers), then the controller, then munged; SIGKILL after 3 s.
-    while read -r p; do
-        [ -n "$p" ] || continue
-        case $(cat "/proc/$p/comm" 2>/dev/null) in
-        slurmstepd) stepds+=("$p") ;;
+    # processes, and any that escaped) at once; then the slurmds (they exit on SIGTERM within
+    # milliseconds while the controller still answers), then the controller, then munged;
+    # SIGKILL after 3 s.
+    while read -r kind p; do
+        case $kind in
+        slurmstepd | job) stepds+=("$p") ;;
         slurmd) slurmds+=("$p") ;;
         esac
-    done < <(cluster_pids "$tag")
+    done < <(scan "$tag")
     if [ ${#stepds[@]} -gt 0 ]; then
         # shellcheck disable=SC2046
         kill_wait 0 $(descendants "${stepds[@]}")
@@ -164,8 +181,8 @@ do_stop() {
     # shellcheck disable=SC2046
     [ -n "$ctld" ] && kill_wait 3 $(descendants "$ctld")
     [ -n "$munged" ] && kill_wait 3 "$munged"
-    # anything left over (e.g. a daemon whose pid file was lost)
-    while read -r p; do [ -n "$p" ] && rest+=("$p"); done < <(cluster_pids "$tag")
+    # anything left over (a daemon whose pid file was lost, a process forked meanwhile)
+    while read -r kind p; do [ -n "$p" ] && rest+=("$p"); done < <(scan "$tag")
     # shellcheck disable=SC2046
     [ ${#rest[@]} -gt 0 ] && kill_wait 2 $(descendants "${rest[@]}")
     rm -f "$DIR"/slurmd-*.pid "$DIR/slurmctld.pid" "$DIR/munged.pid"

@@ -28,11 +28,16 @@ if TYPE_CHECKING:
 
 
 class ReuseStore:
-    """Key -> output directory of every successful step execution of a run."""
+    """Key -> output directories of the successful step executions of a run directory.
 
-    def __init__(self, path: Path, entries: dict[str, str] | None = None) -> None:
+    Only executions of the run being resumed are reused, each at most once: two executions
+    of the same command in one run (a loop of ``sleep 1``) both run, as the workflow says.
+    """
+
+    def __init__(self, path: Path, previous: dict[str, list[str]] | None = None) -> None:
         self.path = path
-        self._entries: dict[str, str] = dict(entries or {})
+        self._previous = {k: list(v) for k, v in (previous or {}).items()}
+        self._entries = {k: list(v) for k, v in (previous or {}).items()}
         self._lock = threading.Lock()
 
     @classmethod
@@ -43,12 +48,19 @@ class ReuseStore:
             return cls(path)
 
     def lookup(self, key: str) -> str | None:
-        outdir = self._entries.get(key)
-        return outdir if outdir and os.path.isdir(outdir) else None
+        """An unused earlier execution with this key whose outputs are still there."""
+        with self._lock:
+            candidates = self._previous.get(key, [])
+            while candidates:
+                outdir = candidates.pop(0)
+                if os.path.isdir(outdir):
+                    return outdir
+        return None
 
     def record(self, key: str, outdir: str) -> None:
         with self._lock:
-            self._entries[key] = outdir
+            if outdir not in self._entries.setdefault(key, []):
+                self._entries[key].append(outdir)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self._entries))
             os.replace(tmp, self.path)
@@ -73,7 +85,7 @@ def job_key(job: ConnectorJob, spec: JobSpec) -> str:
                 text = text.replace(path, stand_in)
         return text
 
-    volatile = {"HOME", "TMPDIR"}
+    volatile = {"HOME", "TMPDIR", "QFLOW_QPU_URL", "QFLOW_QPU_TOKEN"}  # per run or per step
     material = {
         "command": [canonical(arg) for arg in spec.command],
         "stdin": canonical(spec.stdin_path),
