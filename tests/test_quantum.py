@@ -125,11 +125,29 @@ def test_two_clustering_workflows_share_one_qpu_through_a_gateway(tmp_path: Path
             )
             runs = [
                 subprocess.Popen(
-                    [sys.executable, "-m", "qflow.cli", "run", "--quiet",
-                     "--outdir", str(tmp_path / f"run{i}"), str(CLUSTERING), str(client_side),
-                     "--", "--n_samples", "800", "--max_iterations", "2", "--threshold", "0.99"],
-                    cwd=REPO, env={**os.environ, "QFLOW_GATEWAY_ADMIN": admin},
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "qflow.cli",
+                        "run",
+                        "--quiet",
+                        "--outdir",
+                        str(tmp_path / f"run{i}"),
+                        str(CLUSTERING),
+                        str(client_side),
+                        "--",
+                        "--n_samples",
+                        "800",
+                        "--max_iterations",
+                        "2",
+                        "--threshold",
+                        "0.99",
+                    ],
+                    cwd=REPO,
+                    env={**os.environ, "QFLOW_GATEWAY_ADMIN": admin},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
                 )  # fmt: skip
                 for i in range(2)
             ]
@@ -207,3 +225,43 @@ def test_known_secrets_are_redacted_from_logs_and_reports(tmp_path: Path, caplog
     assert secret not in caplog.text and "***" in caplog.text
     write_report({"steps": [{"message": f"token {secret} refused"}]}, tmp_path / "r.json")
     assert secret not in (tmp_path / "r.json").read_text()
+
+
+def _get(url: str, token: str) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_interrupt_cancels_the_qpu_task_and_frees_the_slot(tmp_path: Path, vendor_token: str):
+    import signal
+    import time
+
+    with emulator(vendor_token) as url:
+        deployment = tmp_path / "d.yml"
+        deployment.write_text(_rest_deployment(url, "backend: neutral-atom"))  # a 2-minute task
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qflow.cli", "run", "--quiet", "--outdir", str(tmp_path / "o"),
+             str(DATA / "qubo-solve.cwl"), str(deployment), "--", "--qubo", str(QUBO)],
+            cwd=REPO, env={**os.environ, "QPU_TOKEN": vendor_token},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.time() + 60
+            while _get(f"{url}/v1/status", vendor_token)["running"] == 0:
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        status = _get(f"{url}/v1/status", vendor_token)
+        stats = emulator_stats(url, vendor_token)
+    assert proc.returncode == 130, err
+    assert status["running"] == 0 and status["pending"] == 0, "a QPU task was left behind"
+    assert [t["state"] for t in stats["tasks"]] == ["cancelled"]
+    report = json.loads((tmp_path / "o" / "qflow-report.json").read_text())
+    assert report["status"] == "cancelled" and report["steps"][0]["status"] == "cancelled"
