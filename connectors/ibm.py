@@ -31,7 +31,9 @@ shared by the ``pasqal`` and ``qrmi`` connectors.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -96,12 +98,37 @@ def check_extra(connector: str, extra: str, modules: Sequence[str]) -> None:
         raise MissingExtra(extra_message(connector, extra, missing))
 
 
+def require_extra(connector: str, extra: str, modules: Sequence[str]) -> None:
+    """:func:`check_extra` for config validators: a ``ValueError`` that pydantic reports."""
+    try:
+        check_extra(connector, extra, modules)
+    except MissingExtra as exc:
+        raise ValueError(str(exc)) from None
+
+
 def import_extra(module: str, connector: str, extra: str) -> Any:
     """``importlib.import_module`` that turns a failed import into :class:`MissingExtra`."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtra(extra_message(connector, extra, [module.split(".")[0]])) from exc
+
+
+# --- shared: worker threads --------------------------------------------------------------------
+
+WORKERS = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="qflow-qpu")
+"""Long-lived threads for blocking SDK calls (simulations, transpiling, vendor clients).
+
+Not ``asyncio.to_thread``: each event loop's default executor dies with the loop, and with
+qrmi loaded, qiskit's allocator (mimalloc, qiskit 2.6 + qrmi 0.26) crashed the process
+(SIGSEGV in ``mi_thread_init``) when a fresh thread built a circuit after earlier ones had
+exited. Threads that live as long as the process avoid it.
+"""
+
+
+async def in_worker(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in one of the :data:`WORKERS` threads."""
+    return await asyncio.get_running_loop().run_in_executor(WORKERS, functools.partial(fn, *args))
 
 
 # --- shared: QUBO tasks ------------------------------------------------------------------------
@@ -294,7 +321,7 @@ class TaskBook:
 
     ``submit`` with an idempotency key seen before returns the same task (a different task
     under the same key is refused). Work functions run in a worker thread
-    (``asyncio.to_thread``) and may call ``task.checkpoint()`` to stop early once cancelled.
+    (:data:`WORKERS`) and may call ``task.checkpoint()`` to stop early once cancelled.
     """
 
     def __init__(self, prefix: str, scrub: Callable[[str], str] = redact) -> None:
@@ -304,16 +331,22 @@ class TaskBook:
         self._by_key: dict[str, BookTask] = {}
         self._lock: asyncio.Lock | None = None
 
-    def submit(self, task: dict[str, Any], key: str, kind: str, work: Work) -> BookTask:
-        digest = fingerprint(task)
+    def find(self, task: dict[str, Any], key: str) -> BookTask | None:
+        """The task submitted before under ``key`` (None: a new key); a different task under
+        a known key is refused."""
         existing = self._by_key.get(key)
+        if existing is not None and existing.fingerprint != fingerprint(task):
+            raise TaskRefused(
+                f"idempotency key {key!r} was already used for a different task "
+                f"({existing.id}). Fix: use a new key for a new task"
+            )
+        return existing
+
+    def submit(self, task: dict[str, Any], key: str, kind: str, work: Work) -> BookTask:
+        existing = self.find(task, key)
         if existing is not None:
-            if existing.fingerprint != digest:
-                raise TaskRefused(
-                    f"idempotency key {key!r} was already used for a different task "
-                    f"({existing.id}). Fix: use a new key for a new task"
-                )
             return existing
+        digest = fingerprint(task)
         if self._lock is None:
             self._lock = asyncio.Lock()
         item = BookTask(
@@ -338,7 +371,7 @@ class TaskBook:
             item.started = time.time()
             item.note("running")
             try:
-                result = await asyncio.to_thread(work, item)
+                result = await in_worker(work, item)
             except TaskCancelled:
                 self._finish(item, "cancelled", "stopped by request")
             except asyncio.CancelledError:
@@ -382,7 +415,7 @@ class TaskBook:
         self._finish(item, "cancelled", "stopped by request")
         if on_cancel is not None:
             try:
-                await asyncio.to_thread(on_cancel)
+                await in_worker(on_cancel)
             except Exception as exc:  # noqa: BLE001 - best effort: the state already says so
                 item.note(self.scrub(f"remote cancel failed: {type(exc).__name__}: {exc}"))
 
@@ -392,9 +425,11 @@ class TaskBook:
         return states.count("running"), states.count("queued")
 
     async def close(self) -> None:
-        for item in self.tasks.values():
+        """Stop every unfinished task (remote parts included, so no worker thread stays
+        blocked on a vendor job) and end the runners."""
+        for item in list(self.tasks.values()):
             if item.state in ("queued", "running"):
-                item.cancel_event.set()
+                await self.stop(item.id)
         runners = [t.runner for t in self.tasks.values() if t.runner and not t.runner.done()]
         for runner in runners:
             runner.cancel()
@@ -591,7 +626,7 @@ class IbmConfig(QuantumLocationConfig):
 
     @model_validator(mode="after")
     def _check(self) -> IbmConfig:
-        check_extra("ibm", IBM_EXTRA, IBM_MODULES)
+        require_extra("ibm", IBM_EXTRA, IBM_MODULES)
         if self.mode == "cloud":
             missing = [k for k in ("backend", "instance", "token") if getattr(self, k) is None]
             if missing:
@@ -636,7 +671,7 @@ class IbmConnector(QuantumConnector):
             if self.cfg.mode == "cloud" and self.cfg.token:
                 self._token = resolve_secret(self.cfg.token)
             try:
-                self._backend = await asyncio.to_thread(self._open_backend)
+                self._backend = await in_worker(self._open_backend)
             except MissingExtra:
                 raise
             except Exception as exc:
@@ -768,6 +803,9 @@ class IbmConnector(QuantumConnector):
         )
 
     async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+        existing = self.book.find(task, idempotency_key)
+        if existing is not None:
+            return existing.id
         kind, work = self.check_task(task)
         return self.book.submit(task, idempotency_key, kind, work).id
 
@@ -793,7 +831,7 @@ class IbmConnector(QuantumConnector):
                 pending=pending,
                 detail=f"{self.backend_name}: {backend.num_qubits} qubits, simulated locally",
             )
-        state = await asyncio.to_thread(backend.status)
+        state = await in_worker(backend.status)
         return QpuStatus(
             online=bool(state.operational),
             running=running,

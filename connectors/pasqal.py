@@ -28,7 +28,6 @@ to install.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import math
@@ -49,7 +48,9 @@ from qflow.connectors.ibm import (
     best_of_counts,
     check_extra,
     import_extra,
+    in_worker,
     parse_qubo,
+    require_extra,
 )
 from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
 from qflow.secrets import SecretReference, redact, resolve_secret
@@ -90,7 +91,7 @@ class Embedding:
 
 
 def layout_graph(
-    n: int, edges: Sequence[tuple[int, int]], seed: int = 0, restarts: int = 60
+    n: int, edges: Sequence[tuple[int, int]], seed: int = 0, restarts: int = 25
 ) -> list[tuple[float, float]]:
     """Relative 2-D positions: edges <= EDGE, non-edges >= NON_EDGE, all pairs >= MIN_GAP."""
     import numpy as np
@@ -126,7 +127,7 @@ def layout_graph(
 
     rng = np.random.default_rng(seed)
     spread = math.sqrt(n)
-    for _ in range(restarts):
+    for _ in range(restarts):  # usually the first one succeeds
         result = minimize(loss, rng.uniform(-spread, spread, 2 * n), method="L-BFGS-B")
         if acceptable(result.x):
             x = result.x.reshape(n, 2)
@@ -267,11 +268,12 @@ class PasqalConfig(QuantumLocationConfig):
 
     @model_validator(mode="after")
     def _check(self) -> PasqalConfig:
-        check_extra("pasqal", PASQAL_EXTRA, LOCAL_MODULES if self.mode == "local" else CLOUD_MODULES)
+        require_extra(
+            "pasqal", PASQAL_EXTRA, LOCAL_MODULES if self.mode == "local" else CLOUD_MODULES
+        )
         if self.mode == "local" and self.device not in LOCAL_DEVICES:
             raise ValueError(
-                f"unknown local device {self.device!r}. Fix: use one of "
-                f"{', '.join(LOCAL_DEVICES)}"
+                f"unknown local device {self.device!r}. Fix: use one of {', '.join(LOCAL_DEVICES)}"
             )
         if self.mode == "cloud":
             missing = [k for k in ("username", "password", "project_id") if not getattr(self, k)]
@@ -315,7 +317,7 @@ class PasqalConnector(QuantumConnector):
         assert self.cfg.password is not None
         self._password = resolve_secret(self.cfg.password)
         try:
-            self._client, self.device = await asyncio.to_thread(self._open_cloud)
+            self._client, self.device = await in_worker(self._open_cloud)
         except MissingExtra:
             raise
         except Exception as exc:
@@ -344,14 +346,12 @@ class PasqalConnector(QuantumConnector):
         await self.book.close()
 
     # -- execution (worker thread) -------------------------------------------------------------
-    def _run_qubo(self, task: BookTask, qubo: Qubo) -> dict[str, Any]:
-        began = time.perf_counter()
-        embedding = embed(qubo, self.device, seed=qubo.seed or 0)
+    def _run_qubo(self, task: BookTask, qubo: Qubo, embedding: Embedding) -> dict[str, Any]:
         sequence = build_sequence(embedding, self.device, self.cfg.duration)
         task.note(
-            f"{qubo.num_variables} atoms on {self.device.name} in {time.perf_counter() - began:.2f}"
-            f" s: blockade radius {embedding.blockade_radius:.2f} µm, "
-            f"Ω {embedding.omega:.3f} rad/µs, sweep {self.cfg.duration} ns"
+            f"{qubo.num_variables} atoms on {self.device.name}: blockade radius "
+            f"{embedding.blockade_radius:.2f} µm, Ω {embedding.omega:.3f} rad/µs, sweep "
+            f"{self.cfg.duration} ns"
         )
         task.checkpoint()
         shots = self.cfg.shots
@@ -384,9 +384,17 @@ class PasqalConnector(QuantumConnector):
             warnings.simplefilter("ignore")  # qutip/pulser deprecation chatter
             emulator = QutipEmulator.from_sequence(sequence)
             results = emulator.run()
-            if seed is not None:
-                np.random.seed(seed)  # pulser samples with numpy's global generator
-            counts = results.sample_final_state(N_samples=shots)
+            # pulser samples with numpy's global generator: seed it for this call only
+            saved = np.random.get_state()
+            try:
+                if seed is not None:
+                    np.random.seed(seed)
+                counts = results.sample_final_state(N_samples=shots)
+            finally:
+                np.random.set_state(saved)
+            order = list(results[-1].atom_order)
+        if order != [f"q{i}" for i in range(len(order))]:
+            raise RuntimeError(f"unexpected atom order in pulser's result: {order}")
         task.qpu_seconds = time.perf_counter() - began
         return counts
 
@@ -424,6 +432,9 @@ class PasqalConnector(QuantumConnector):
     async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
         if self.device is None:
             raise RuntimeError(f"QPU {self.location}: connector used before start()")
+        existing = self.book.find(task, idempotency_key)
+        if existing is not None:
+            return existing.id
         kind = task.get("kind", "qubo")
         if kind != "qubo":
             raise TaskRefused(
@@ -437,7 +448,15 @@ class PasqalConnector(QuantumConnector):
                 f"this QPU takes ({limit} atoms)"
             )
         check_mis_shape(qubo)
-        return self.book.submit(task, idempotency_key, kind, lambda t: self._run_qubo(t, qubo)).id
+        # the layout search takes up to a few seconds for graphs that cannot be embedded:
+        # off the event loop, and before a task exists, so such a QUBO is refused outright
+        try:
+            embedding = await in_worker(embed, qubo, self.device, qubo.seed or 0)
+        except EmbeddingError as exc:
+            raise EmbeddingError(f"QPU {self.location}: {exc}") from None
+        return self.book.submit(
+            task, idempotency_key, kind, lambda t: self._run_qubo(t, qubo, embedding)
+        ).id
 
     async def task_status(self, task_id: str) -> TaskInfo:
         return self.book.get(task_id).info()

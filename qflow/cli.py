@@ -16,7 +16,13 @@ from rich.console import Console
 from ruamel.yaml import YAML
 
 from qflow import __version__
-from qflow.deployment import Deployment, DeploymentError, embedded_default, load_deployment
+from qflow.deployment import (
+    TOP_LEVEL_KEYS,
+    Deployment,
+    DeploymentError,
+    embedded_default,
+    load_deployment,
+)
 from qflow.engine.run_state import Invocation, RunState
 from qflow.secrets import RedactingFilter, redact
 
@@ -26,17 +32,26 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> int:
-    _err.print(f"qflow: error: {redact(message)}")
+    _err.print(f"qflow: error: {redact(message)}", markup=False)
     return EXIT_BAD_INPUT
 
 
 def looks_like_deployment(path: str) -> bool:
-    """A YAML mapping with a top-level ``locations`` key is a deployment, else a job order."""
+    """Tells ``qflow run WF X`` apart: is X a deployment or a job order?
+
+    A mapping with a deployment's own keys (locations, bindings, policy), or with nothing but
+    deployment keys (``version: 1`` alone), is a deployment; anything else is a job order.
+    """
     try:
         data = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - unreadable files are reported by whoever loads them
         return path.endswith((".yml", ".yaml")) and "deploy" in Path(path).name
-    return isinstance(data, dict) and "locations" in data
+    if not isinstance(data, dict):
+        return False
+    keys = set(data)
+    return bool(keys & {"locations", "bindings", "policy"}) or (
+        "version" in keys and keys <= set(TOP_LEVEL_KEYS)
+    )
 
 
 def _deployment(path: str | None) -> Deployment:
@@ -131,7 +146,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     problems, warnings = validate_workflow(args.workflow, deployment)
     for warning in warnings:
-        _err.print(f"qflow: warning: {warning}")
+        _err.print(f"qflow: warning: {warning}", markup=False)
     if problems:
         return _fail("\n".join(problems))
     _err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
