@@ -106,3 +106,31 @@ def test_a_failed_quantum_task_falls_back(tmp_path: Path, exact_qpu_installed):
     assert "quantum execution on exact failed" in classical["fallback_reason"]
     solution = json.loads(Path(outputs["solution"]["path"]).read_text())
     assert solution["solver"] != "exact-qpu" and solution["selected"] == OPTIMUM
+
+
+def test_quantum_candidate_through_ibm_local_mode(tmp_path: Path):
+    """The QUBO step as QAOA on qiskit-ibm-runtime's fake backend, through the gateway."""
+    pytest.importorskip(
+        "qiskit_ibm_runtime", reason="needs the ibm extra: pip install 'qflow[ibm]'"
+    )
+    deployment = deployment_from(
+        """
+        version: 1
+        locations:
+          local: {connector: local}
+          ibm-qpu: {connector: ibm, mode: local, backend: fake_nairobi, shots: 1024, max_wait: 60}
+        bindings:
+          default: local
+          /solve: [ibm-qpu, local]
+        """
+    )
+    result, outputs = run_in_process(
+        DATA / "qubo-solve.cwl", deployment, tmp_path, "--qubo", str(QUBO)
+    )
+    assert result.exit_code == 0
+    (record,) = result.report["steps"]
+    assert record["quantum"] and record["connector"] == "ibm" and not record["fallback"]
+    assert record["qpu_seconds"] > 0
+    solution = json.loads(Path(outputs["solution"]["path"]).read_text())
+    assert solution["solver"].startswith("ibm:fake_nairobi") and solution["feasible"]
+    assert solution["selected"] == OPTIMUM
