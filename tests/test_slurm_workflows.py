@@ -102,3 +102,41 @@ def test_ctrl_c_cancels_every_slurm_job(slurm_cluster: Any, tmp_path: Path):
     report = json.loads((tmp_path / "o" / "qflow-report.json").read_text())
     assert report["status"] == "cancelled"
     assert [r["status"] for r in report["steps"]] == ["cancelled"] * 3
+
+
+def test_a_killed_slurmd_fails_the_step_with_slurms_reason_then_retries(
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """Fault injected for real: the node running the step loses its slurmd mid-step."""
+    import os
+
+    from slurm_cluster import ClusterUnavailable, start_cluster, stop_cluster
+
+    directory = tmp_path_factory.mktemp("faulty-cluster")  # not the shared cluster: a node dies
+    try:
+        cluster = start_cluster(directory)
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no local Slurm cluster: {exc}")
+    tmp_path = tmp_path_factory.mktemp("node-failure")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qflow.cli", "run", "--quiet", "--outdir", str(tmp_path / "o"),
+             str(DATA / "long-first-time.cwl"), str(_deployment(tmp_path, ", retries: 1")),
+             "--", "--pidfile", str(tmp_path / "pid")],
+            cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.time() + 60
+        while not (tmp_path / "pid").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        (job,) = cluster.active_jobs()
+        node = cluster.run("squeue", "--noheader", "-j", job, "-o", "%N").strip()
+        os.kill(int((directory / f"slurmd-{node}.pid").read_text()), signal.SIGKILL)
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        report = json.loads((tmp_path / "o" / "qflow-report.json").read_text())
+        first, retry = report["steps"]
+        assert first["status"] == "failed" and "NODE_FAIL" in first["message"]
+        assert retry["status"] == "success" and retry["external_id"] != first["external_id"]
+    finally:
+        stop_cluster(directory)
