@@ -71,6 +71,7 @@ from pydantic import Field, field_validator
 
 from qflow.connector import (
     Connector,
+    EnvironmentVariables,
     JobOutcome,
     JobSpec,
     JobStartedCallback,
@@ -257,7 +258,7 @@ class HyperQueueConnector(Connector):
             "by qflow and by the task wrapper). A finished task is noticed within about this "
             "time; cancellation and time limits act within about this time too.",
         )
-        environment: dict[str, str] = Field(
+        environment: EnvironmentVariables = Field(
             default_factory=dict,
             description="Variables added to every step's environment on this location (e.g. a "
             "PATH valid on the workers, `OMP_NUM_THREADS`); they override the step's own "
@@ -283,14 +284,6 @@ class HyperQueueConnector(Connector):
             if value is not None and not value.strip():
                 raise ValueError("must not be empty")
             return os.path.expanduser(value) if value is not None else None
-
-        @field_validator("environment")
-        @classmethod
-        def _check_environment(cls, value: dict[str, str]) -> dict[str, str]:
-            for name in value:
-                if not name or "=" in name or "\0" in name:
-                    raise ValueError(f"{name!r} is not a valid environment variable name")
-            return value
 
     def __init__(self, location: str, config: LocationConfig) -> None:
         super().__init__(location, config)

@@ -67,6 +67,7 @@ from pydantic import Field, field_validator, model_validator
 
 from qflow.connector import (
     Connector,
+    EnvironmentVariables,
     JobOutcome,
     JobSpec,
     JobStartedCallback,
@@ -169,7 +170,7 @@ class SlurmConnector(Connector):
             description="Further `sbatch` options added to every job, each one list item in "
             "`--option=value` form, e.g. `[--exclusive, --reservation=demo]`.",
         )
-        environment: dict[str, str] = Field(
+        environment: EnvironmentVariables = Field(
             default_factory=dict,
             description="Variables added to every step's environment on this location (e.g. a "
             "PATH or module path valid on the compute nodes); they override the step's own "
@@ -264,14 +265,6 @@ class SlurmConnector(Connector):
                         f"{option!r} is not an ssh option; write Name=value, e.g. ProxyJump=bastion"
                     )
             return self
-
-        @field_validator("environment")
-        @classmethod
-        def _check_environment(cls, value: dict[str, str]) -> dict[str, str]:
-            for name in value:
-                if not name or "=" in name or "\0" in name:
-                    raise ValueError(f"{name!r} is not a valid environment variable name")
-            return value
 
     def __init__(self, location: str, config: LocationConfig) -> None:
         super().__init__(location, config)

@@ -17,11 +17,22 @@ import dataclasses
 from collections.abc import Callable
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 ENTRY_POINT_GROUP = "qflow.connectors"
+
+
+def _check_variable_names(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+    return value
+
+
+EnvironmentVariables = Annotated[dict[str, str], AfterValidator(_check_variable_names)]
+"""Config field type for variables a connector adds to steps' environments (names checked)."""
 
 
 class LocationConfig(BaseModel):

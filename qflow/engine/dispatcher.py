@@ -239,17 +239,7 @@ class Dispatcher:
                     fallback_reason=fallback,
                 )
                 outcome = await self._attempt(connector, spec, record)
-                ok = job.status_for(outcome.exit_code) == "success"
-                self.ledger.ended(
-                    record,
-                    "success" if ok else "failed",
-                    started=outcome.started,
-                    ended=outcome.ended,
-                    nodes=outcome.nodes,
-                    node_seconds=outcome.node_seconds,
-                    external_id=outcome.external_id,
-                    message=outcome.message,
-                )
+                ok = self._close(record, job, outcome)
                 if ok or attempt == attempts:
                     return outcome
                 _logger.warning(
@@ -289,6 +279,11 @@ class Dispatcher:
                     await self.mapper.release(client_location)
         finally:
             record.qpu_seconds = await self.qpus.release(placement)
+        self._close(record, job, outcome)
+        return outcome
+
+    def _close(self, record: StepRecord, job: ConnectorJob, outcome: JobOutcome) -> bool:
+        """Record how an execution ended (the resource manager's figures); True on success."""
         ok = job.status_for(outcome.exit_code) == "success"
         self.ledger.ended(
             record,
@@ -300,7 +295,7 @@ class Dispatcher:
             external_id=outcome.external_id,
             message=outcome.message,
         )
-        return outcome
+        return ok
 
     async def _attempt(self, connector: Connector, spec: JobSpec, record: StepRecord) -> JobOutcome:
         try:
