@@ -162,7 +162,7 @@ class RestQpuConnector(QuantumConnector):
                     return status, data
                 problem = f"HTTP {status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = _describe(exc)
+                problem = _describe(exc, self.cfg.timeout)
                 if attempt == attempts:
                     raise self._fail(
                         QpuUnreachable,
@@ -208,17 +208,37 @@ class RestQpuConnector(QuantumConnector):
         try:
             return json.loads(data)
         except ValueError:
-            raise self._fail(QpuError, f"{method} {path}: the answer is not JSON") from None
+            what = f"{method} {self.cfg.url}/v1{path}: the answer is not JSON: {_excerpt(data)}"
+            raise self._fail(QpuError, what) from None
+
+    async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A JSON object answer; anything else (a list, a string) is the service's error."""
+        data = await self._json(method, path, **kwargs)
+        if not isinstance(data, dict):
+            raise self._fail(
+                QpuError,
+                f"{method} {self.cfg.url}/v1{path}: the answer is not a JSON object: "
+                f"{_excerpt(json.dumps(data).encode())}",
+            )
+        return data
 
     # -- the QuantumConnector contract ---------------------------------------------------------
     async def status(self) -> QpuStatus:
-        data = await self._json("GET", "/status")
+        data = await self._object("GET", "/status")
         done = data.get("tasks_completed")
+        online = data.get("online", False)
+        counts = [data.get(k, d) for k, d in (("capacity", 1), ("running", 0), ("pending", 0))]
+        if not isinstance(online, bool) or not all(_is_count(c) for c in counts):
+            raise self._fail(
+                QpuError,
+                f"GET {self.cfg.url}/v1/status: unexpected answer (online must be true/false, "
+                f"capacity/running/pending integers): {_excerpt(json.dumps(data).encode())}",
+            )
         return QpuStatus(
-            online=bool(data.get("online", False)),
-            capacity=int(data.get("capacity", 1)),
-            running=int(data.get("running", 0)),
-            pending=int(data.get("pending", 0)),
+            online=online,
+            capacity=counts[0],
+            running=counts[1],
+            pending=counts[2],
             detail="" if done is None else f"{done} tasks completed",
         )
 
@@ -226,20 +246,20 @@ class RestQpuConnector(QuantumConnector):
         body = dict(task)
         if self.cfg.backend and not body.get("backend"):
             body["backend"] = self.cfg.backend
-        data = await self._json(
+        data = await self._object(
             "POST",
             "/tasks",
             ok=(200, 201),
             body=body,
             headers={"Idempotency-Key": idempotency_key},
         )
-        if not isinstance(data, dict) or "id" not in data:
+        if not isinstance(data.get("id"), str | int) or data["id"] == "":
             raise self._fail(QpuError, "POST /tasks: the answer has no task id")
         return str(data["id"])
 
     async def task_status(self, task_id: str) -> TaskInfo:
-        data = await self._json("GET", f"/tasks/{_quote(task_id)}")
-        state = data.get("state") if isinstance(data, dict) else None
+        data = await self._object("GET", f"/tasks/{_quote(task_id)}")
+        state = data.get("state")
         if state not in TASK_STATES:
             raise self._fail(QpuError, f"task {task_id}: unexpected state {state!r}")
         return TaskInfo(
@@ -252,10 +272,7 @@ class RestQpuConnector(QuantumConnector):
         )
 
     async def task_result(self, task_id: str) -> dict[str, Any]:
-        data = await self._json("GET", f"/tasks/{_quote(task_id)}/result")
-        if not isinstance(data, dict):
-            raise self._fail(QpuError, f"task {task_id}: the result is not a JSON object")
-        return data
+        return await self._object("GET", f"/tasks/{_quote(task_id)}/result")
 
     async def task_stop(self, task_id: str) -> None:
         await self._call("POST", f"/tasks/{_quote(task_id)}/cancel")
@@ -265,7 +282,7 @@ class RestQpuConnector(QuantumConnector):
         return self._scrub(data.decode("utf-8", errors="replace"))
 
     async def target(self) -> dict[str, Any]:
-        data = await self._json("GET", "/status")
+        data = await self._object("GET", "/status")
         return {
             "backend": self.cfg.backend or data.get("default_backend"),
             "backends": data.get("backends", {}),
@@ -282,6 +299,16 @@ def _quote(task_id: str) -> str:
 
 def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _excerpt(data: bytes, limit: int = 80) -> str:
+    """The start of an unexpected answer, quoted (never the whole of a big body)."""
+    text = data.decode("utf-8", errors="replace")
+    return repr(text[:limit]) + (f" ... ({len(data)} bytes)" if len(text) > limit else "")
 
 
 def _transient(status: int, data: bytes) -> bool:
@@ -302,8 +329,8 @@ def _error_text(data: bytes) -> tuple[str, str | None]:
     return (text[:MAX_MESSAGE] or "no message"), None
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, timeout: float) -> str:
     """A connection failure in a few words (aiohttp's own text, never request headers)."""
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return f"no answer within the timeout of {timeout:g} s"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

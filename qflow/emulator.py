@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -28,6 +29,8 @@ import logging
 import math
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -197,6 +200,144 @@ def qubo_task(params: dict[str, Any], backend: str) -> Solver:
     return solve
 
 
+# --- fault injection --------------------------------------------------------------------------
+
+FAULT_MODES = ("none", "http500", "hang", "reset", "malformed", "wrong_shape", "die_mid_task")
+"""What the service can do wrong on purpose (docs/emulator.md, "Faults and retries")."""
+DIE_EXIT_STATUS = 3
+"""Exit status of an emulator killed by the ``die_mid_task`` fault."""
+MALFORMED_BODY = b'{"id": "9c1e, "state": '
+"""Answered with status 200 by the ``malformed`` fault: not JSON at all."""
+WRONG_SHAPE_BODY = b'["valid JSON", "but not the object the API promises"]'
+"""Answered with status 200 by the ``wrong_shape`` fault."""
+ADMIN_PREFIX = "/v1/admin/"
+"""Faults never apply here, so a test can always turn them off."""
+
+
+@dataclasses.dataclass
+class Faults:
+    """The fault the service injects, and every request it saw (for tests to count).
+
+    ``count`` requests are affected (``None``: all of them), only those whose path starts
+    with ``paths`` and whose method is ``method`` when given. With ``after`` the real handler
+    runs first, so the request takes effect (a task is created) and only its answer is lost
+    or garbled: the worst case for a client, which cannot tell whether it took effect.
+    """
+
+    mode: str = "none"
+    count: int | None = None
+    paths: str | None = None
+    method: str | None = None
+    after: bool = False
+    injected: int = 0
+    requests: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    log: collections.deque[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=1000)
+    )
+    _release: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {self.mode!r} (known: {', '.join(FAULT_MODES)})")
+        if self.count is not None and not (_is_int(self.count) and self.count >= 0):
+            raise ValueError(f"count must be an integer >= 0 or null, got {self.count!r}")
+        if self.paths is not None and not (
+            isinstance(self.paths, str) and self.paths.startswith("/")
+        ):
+            raise ValueError(f"paths must be a path prefix starting with /, got {self.paths!r}")
+        if self.method is not None and not isinstance(self.method, str):
+            raise ValueError(f"method must be an HTTP method name, got {self.method!r}")
+        if not isinstance(self.after, bool):
+            raise ValueError(f"after must be true or false, got {self.after!r}")
+        if self.method is not None:
+            self.method = self.method.upper()
+
+    def set(self, body: dict[str, Any]) -> None:
+        """Replace the fault (``POST /v1/admin/faults``); requests that hang are let go."""
+        unknown = sorted(set(body) - {"mode", "count", "paths", "method", "after"})
+        if unknown:
+            raise ApiError(400, "bad_faults", f"unknown field(s): {', '.join(unknown)}")
+        new = dict(mode=body.get("mode", "none"), count=body.get("count"),
+                   paths=body.get("paths"), method=body.get("method"),
+                   after=body.get("after", False))  # fmt: skip
+        old = {k: getattr(self, k) for k in new}
+        for key, value in new.items():
+            setattr(self, key, value)
+        try:
+            self.validate()
+        except ValueError as exc:
+            for key, value in old.items():
+                setattr(self, key, value)
+            raise ApiError(400, "bad_faults", str(exc)) from None
+        self._release.set()
+        self._release = asyncio.Event()
+        _logger.warning("fault injection: %s", self.summary())
+
+    def summary(self) -> str:
+        if self.mode == "none":
+            return "none"
+        if self.mode == "die_mid_task":
+            return "die_mid_task: the process exits while the next task runs"
+        where = " ".join(x for x in (self.method, self.paths) if x) or "every request"
+        times = "all of them" if self.count is None else f"the next {self.count}"
+        return f"{self.mode} on {where} ({times}{', after handling' if self.after else ''})"
+
+    def take(self, request: web.Request, route: str) -> str | None:
+        """Count the request; the mode to inject into it, if the fault applies to it."""
+        self.requests[route] += 1
+        entry: dict[str, Any] = {"time": time.time(), "route": route, "fault": None}
+        self.log.append(entry)
+        if (
+            self.mode in ("none", "die_mid_task")
+            or request.path.startswith(ADMIN_PREFIX)
+            or (self.paths is not None and not request.path.startswith(self.paths))
+            or (self.method is not None and request.method != self.method)
+            or self.count == 0
+        ):
+            return None
+        if self.count is not None:
+            self.count -= 1
+        self.injected += 1
+        entry["fault"] = self.mode
+        return self.mode
+
+    async def hang(self) -> None:
+        """Never answer: until the fault is changed or the service stops."""
+        await self._release.wait()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def describe(self, requests: bool = True) -> dict[str, Any]:
+        """The fault; with ``requests``, also every request seen (``log``: the last 1000)."""
+        described: dict[str, Any] = {
+            "mode": self.mode,
+            "count": self.count,
+            "paths": self.paths,
+            "method": self.method,
+            "after": self.after,
+            "injected": self.injected,
+        }
+        if requests:
+            described.update(requests=dict(self.requests), log=list(self.log))
+        return described
+
+
+def _reset_connection(request: web.Request) -> None:
+    """Drop the TCP connection with a RST (SO_LINGER 0), without an answer."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 # --- the QPU ----------------------------------------------------------------------------------
 
 
@@ -237,7 +378,11 @@ class QpuEmulator:
     capacity = 1
 
     def __init__(
-        self, backend: str = DEFAULT_BACKEND, time_scale: float = 1.0, offline: bool = False
+        self,
+        backend: str = DEFAULT_BACKEND,
+        time_scale: float = 1.0,
+        offline: bool = False,
+        faults: Faults | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
@@ -255,6 +400,7 @@ class QpuEmulator:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._stopping = False
+        self.faults = faults or Faults()
         if not offline:
             self._online.set()
 
@@ -408,6 +554,23 @@ class QpuEmulator:
         latency = BACKENDS[task.backend].latency_s * self.time_scale
         task.note(f"started on {task.backend} (latency {latency:.3f} s)")
         _logger.info("task %s started", task.id)
+        if self.faults.mode == "die_mid_task":
+            asyncio.get_running_loop().call_later(latency / 2, self._die, task)
+
+    def arm_death(self) -> None:
+        """``die_mid_task`` set while a task runs: die during that one (after answering)."""
+        if self.faults.mode == "die_mid_task" and self._running is not None:
+            asyncio.get_running_loop().call_later(0.1, self._die, self._running)
+
+    def _die(self, task: Task) -> None:
+        """The ``die_mid_task`` fault: the process exits at once, as in a crash."""
+        if self.faults.mode != "die_mid_task" or task.state != "running":
+            return
+        _logger.warning("fault injection: the QPU dies while task %s runs", task.id)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(DIE_EXIT_STATUS)
 
     def _cancel_reason(self) -> str:
         return "emulator stopped" if self._stopping else "cancelled while running"
@@ -528,6 +691,36 @@ def _qpu(request: web.Request) -> QpuEmulator:
     return request.app[EMULATOR]
 
 
+def _route(request: web.Request) -> str:
+    """``METHOD /path/{id}``: the route a request matched (its path when none did)."""
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical if resource is not None else request.path}"
+
+
+@web.middleware
+async def _inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The configured fault, for the requests it applies to (never ``/v1/admin/*``)."""
+    faults = _qpu(request).faults
+    mode = faults.take(request, _route(request))
+    if mode is None:
+        return await handler(request)
+    _logger.warning("fault injection: %s on %s %s", mode, request.method, request.path)
+    if faults.after:
+        with contextlib.suppress(ApiError, web.HTTPException):
+            await handler(request)
+    if mode == "hang":
+        await faults.hang()
+        return _error(503, "injected_fault", "injected fault: the hang was released")
+    if mode == "reset":
+        _reset_connection(request)
+        return web.Response(status=204)  # never sent: the connection is gone
+    if mode == "malformed":
+        return web.Response(body=MALFORMED_BODY, content_type="application/json")
+    if mode == "wrong_shape":
+        return web.Response(body=WRONG_SHAPE_BODY, content_type="application/json")
+    return _error(500, "injected_fault", "injected fault: internal server error")
+
+
 async def _h_submit(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
@@ -583,11 +776,24 @@ def _h_online(online: bool) -> Handler:
     return toggle
 
 
+async def _h_get_faults(request: web.Request) -> web.Response:
+    return web.json_response(_qpu(request).faults.describe())
+
+
+async def _h_set_faults(request: web.Request) -> web.Response:
+    qpu = _qpu(request)
+    qpu.faults.set(await _json_body(request))
+    qpu.arm_death()
+    return web.json_response(qpu.faults.describe(requests=False))
+
+
 def create_app(token: str, emulator: QpuEmulator) -> web.Application:
     """The aiohttp application; the emulator's worker runs while the app is set up."""
     if not token:
         raise ValueError("the emulator needs a non-empty token: authentication is mandatory")
-    app = web.Application(middlewares=[_json_errors, _auth(token)], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[_json_errors, _auth(token), _inject_faults], client_max_size=MAX_BODY_BYTES
+    )
     app[EMULATOR] = emulator
     app.add_routes(
         [
@@ -600,6 +806,8 @@ def create_app(token: str, emulator: QpuEmulator) -> web.Application:
             web.get("/v1/stats", _h_stats),
             web.post("/v1/admin/offline", _h_online(False)),
             web.post("/v1/admin/online", _h_online(True)),
+            web.get("/v1/admin/faults", _h_get_faults),
+            web.post("/v1/admin/faults", _h_set_faults),
         ]
     )
 
@@ -609,7 +817,11 @@ def create_app(token: str, emulator: QpuEmulator) -> web.Application:
     async def stop_worker(app: web.Application) -> None:
         await app[EMULATOR].stop()
 
+    async def release_hung(app: web.Application) -> None:
+        app[EMULATOR].faults.release()  # requests held by the "hang" fault end
+
     app.on_startup.append(start_worker)
+    app.on_shutdown.append(release_hung)
     app.on_cleanup.append(stop_worker)
     return app
 
@@ -626,10 +838,11 @@ async def start_emulator(
     backend: str = DEFAULT_BACKEND,
     time_scale: float = 1.0,
     offline: bool = False,
+    faults: Faults | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve an emulator on the running loop; returns its runner (for :func:`stop_emulator`)
-    and its URL. ``port=0`` picks a free port."""
-    emulator = QpuEmulator(backend, time_scale, offline)
+    and its URL. ``port=0`` picks a free port; ``faults``: start misbehaving."""
+    emulator = QpuEmulator(backend, time_scale, offline, faults)
     runner = web.AppRunner(create_app(token, emulator), access_log=None)
     await runner.setup()
     try:
@@ -657,11 +870,12 @@ def serve(
     backend: str = DEFAULT_BACKEND,
     time_scale: float = 1.0,
     offline: bool = False,
+    faults: Faults | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; the first stdout line is the URL (for ``--port 0``)."""
 
     async def run() -> None:
-        runner, url = await start_emulator(token, host, port, backend, time_scale, offline)
+        runner, url = await start_emulator(token, host, port, backend, time_scale, offline, faults)
         print(f"qflow emulator listening on {url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -697,6 +911,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--offline", action="store_true", help="start offline (POST /v1/admin/online)"
     )
+    fault = parser.add_argument_group(
+        "fault injection", "start misbehaving (change it later with POST /v1/admin/faults)"
+    )
+    fault.add_argument("--faults", choices=FAULT_MODES, default="none", help="fault mode")
+    fault.add_argument(
+        "--fault-count", type=int, default=None, help="requests affected (default: all)"
+    )
+    fault.add_argument("--fault-paths", help="only requests whose path starts with this")
+    fault.add_argument("--fault-method", help="only requests with this HTTP method")
+    fault.add_argument(
+        "--fault-after",
+        action="store_true",
+        help="handle the request first (it takes effect), then lose or garble the answer",
+    )
     return parser
 
 
@@ -726,9 +954,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--time-scale must be a finite number >= 0")
     if not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    try:
+        faults = Faults(args.faults, args.fault_count, args.fault_paths, args.fault_method,
+                        args.fault_after)  # fmt: skip
+    except ValueError as exc:
+        parser.error(str(exc))
     _logger.setLevel(logging.INFO)  # task events on stderr, even under qflow's WARNING root
     try:
-        serve(args.host, args.port, token, args.backend, args.time_scale, args.offline)
+        serve(args.host, args.port, token, args.backend, args.time_scale, args.offline, faults)
     except OSError as exc:
         print(f"qflow emulator: error: cannot listen on {args.host}:{args.port}: {exc}",
               file=sys.stderr)  # fmt: skip

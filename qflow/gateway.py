@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import hmac
 import logging
@@ -61,21 +62,37 @@ class QpuSlots:
         self.connector = connector
         self.free = connector.config.vqpus
         self._changed = asyncio.Condition()
+        self.granted = self.refused = self.most_held = 0
+        """Counters for ``GET /v1/stats``: leases granted, refused, most held at once."""
 
     async def take(self, max_wait: float) -> None:
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.free > 0), max_wait)
+                if self.free <= 0:  # (wait_for with a timeout of 0 never runs the wait)
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self.free > 0), max_wait)
             except TimeoutError:
                 raise LeaseRefused(
                     f"no virtual QPU of {self.connector.location} became free within {max_wait:g} s"
                 ) from None
             self.free -= 1
+            self.granted += 1
+            self.most_held = max(self.most_held, self.connector.config.vqpus - self.free)
 
     async def give_back(self) -> None:
         async with self._changed:
             self.free += 1
             self._changed.notify()
+
+    def stats(self) -> dict[str, int]:
+        vqpus = self.connector.config.vqpus
+        return {
+            "vqpus": vqpus,
+            "free": self.free,
+            "held": vqpus - self.free,
+            "most_held": self.most_held,
+            "granted": self.granted,
+            "refused": self.refused,
+        }
 
 
 class Gateway:
@@ -89,6 +106,7 @@ class Gateway:
         self._by_token: dict[str, Lease] = {}
         self._started: set[str] = set()
         self._start_lock = asyncio.Lock()
+        self.request_times = RequestTimes()
 
     # -- leases ---------------------------------------------------------------------------
     async def _connector(self, location: str) -> QuantumConnector:
@@ -102,15 +120,12 @@ class Gateway:
     async def lease(self, location: str, step: str, max_wait: float) -> Lease:
         if location not in self.connectors:
             raise KeyError(location)
-        connector = await self._connector(location)
         try:
-            status = await connector.status()
-        except Exception as exc:  # noqa: BLE001 - any failure to reach it is a refusal
-            raise LeaseRefused(f"QPU {location} is unreachable: {exc}") from None
-        if not status.online:
-            detail = f" ({status.detail})" if status.detail else ""
-            raise LeaseRefused(f"QPU {location} reports itself offline{detail}")
-        await self.slots[location].take(max_wait)
+            await self._check_online(location)
+            await self.slots[location].take(max_wait)
+        except LeaseRefused:
+            self.slots[location].refused += 1
+            raise
         lease = Lease(
             id=secrets.token_hex(8),
             location=location,
@@ -121,6 +136,16 @@ class Gateway:
         self.leases[lease.id] = lease
         self._by_token[lease.token] = lease
         return lease
+
+    async def _check_online(self, location: str) -> None:
+        connector = await self._connector(location)
+        try:
+            status = await connector.status()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach it is a refusal
+            raise LeaseRefused(f"QPU {location} is unreachable: {exc}") from None
+        if not status.online:
+            detail = f" ({status.detail})" if status.detail else ""
+            raise LeaseRefused(f"QPU {location} reports itself offline{detail}")
 
     async def release(self, lease_id: str) -> Lease:
         lease = self.leases.pop(lease_id)
@@ -152,9 +177,10 @@ class Gateway:
 
     # -- HTTP ------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors_as_json])
+        app = web.Application(middlewares=[self.request_times.middleware, _errors_as_json])
         app.add_routes(
             [
+                web.get("/v1/stats", self._h_stats),
                 web.post("/v1/leases", self._h_lease),
                 web.delete("/v1/leases/{id}", self._h_release),
                 web.get("/v1/status", self._h_status),
@@ -177,9 +203,20 @@ class Gateway:
             raise web.HTTPUnauthorized(reason="unknown or expired step token")
         return lease
 
+    async def _h_stats(self, request: web.Request) -> web.Response:
+        """Admin: how long requests took (per route) and the leases of each location."""
+        self._admin(request)
+        return web.json_response(
+            {
+                "requests": self.request_times.summary(),
+                "step_requests": self.request_times.summary(STEP_ROUTES),
+                "locations": {name: slots.stats() for name, slots in self.slots.items()},
+            }
+        )
+
     async def _h_lease(self, request: web.Request) -> web.Response:
         self._admin(request)
-        body = await request.json()
+        body = await _json_object(request)
         try:
             lease = await self.lease(
                 str(body["location"]), str(body.get("step", "")), float(body.get("max_wait", 0))
@@ -208,7 +245,7 @@ class Gateway:
 
     async def _h_submit(self, request: web.Request) -> web.Response:
         lease = self._step(request)
-        task = await request.json()
+        task = await _json_object(request)
         key = request.headers.get("Idempotency-Key") or secrets.token_hex(8)
         gw_id = f"{lease.id}-{key}"
         if gw_id not in lease.tasks:
@@ -255,6 +292,69 @@ class Gateway:
             await self.connectors[location].stop()
 
 
+STEP_ROUTES = frozenset(
+    {
+        "GET /v1/status",
+        "POST /v1/tasks",
+        "GET /v1/tasks/{id}",
+        "GET /v1/tasks/{id}/result",
+        "POST /v1/tasks/{id}/cancel",
+        "GET /v1/tasks/{id}/logs",
+    }
+)
+"""What steps call: forwarded to the QPU (leases wait for a slot, so they are apart)."""
+
+
+class RequestTimes:
+    """How long the gateway took to answer, per route (the last ``keep`` of each)."""
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.keep = keep
+        self.seconds: dict[str, collections.deque[float]] = {}
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        begin = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            resource = request.match_info.route.resource
+            route = f"{request.method} {resource.canonical if resource else request.path}"
+            if route != "GET /v1/stats":
+                times = self.seconds.setdefault(route, collections.deque(maxlen=self.keep))
+                times.append(time.perf_counter() - begin)
+
+    def summary(self, routes: frozenset[str] | None = None) -> dict[str, Any]:
+        """Per route (or, with ``routes``, over those routes together): count, percentiles."""
+        if routes is not None:
+            return _percentiles([t for r in routes for t in self.seconds.get(r, ())])
+        return {route: _percentiles(list(times)) for route, times in sorted(self.seconds.items())}
+
+
+def _percentiles(seconds: list[float]) -> dict[str, Any]:
+    ordered = sorted(seconds)
+
+    def ms(q: float) -> float | None:
+        """Nearest-rank percentile in milliseconds."""
+        if not ordered:
+            return None
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 3)
+
+    quantiles = {"p50_ms": 0.5, "p90_ms": 0.9, "p99_ms": 0.99, "max_ms": 1.0}
+    return {"count": len(ordered), **{name: ms(q) for name, q in quantiles.items()}}
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body; 400 (not a 502 traceback text) when it is not one."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(reason="the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(reason="the request body must be a JSON object")
+    return body
+
+
 def _bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     return header[7:] if header.startswith("Bearer ") else ""
@@ -272,7 +372,14 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
     except Exception as exc:  # noqa: BLE001 - the QPU side failed; tell the client why
         from qflow.secrets import redact
 
-        return web.json_response({"error": redact(f"{type(exc).__name__}: {exc}")}, status=502)
+        # The QPU refused the request itself (a bad task, 4xx): the same status, so that the
+        # client does not retry what cannot succeed. Anything else is 502, also a QPU refusing
+        # the vendor credential (401/403: not the step's fault) or asking to slow down.
+        status = getattr(exc, "status", None)
+        is_4xx = isinstance(status, int) and 400 <= status < 500
+        refused = is_4xx and status not in (401, 403, 408, 429)
+        error = redact(f"{type(exc).__name__}: {exc}")
+        return web.json_response({"error": error}, status=status if refused else 502)
 
 
 async def start_gateway(
