@@ -61,7 +61,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -73,6 +73,7 @@ from qflow.connector import (
     JobStartedCallback,
     LocationConfig,
 )
+from qflow.connectors.slurm_allocation import SlurmAllocations
 
 _logger = logging.getLogger("qflow.connectors.slurm")
 
@@ -214,6 +215,23 @@ class SlurmConnector(Connector):
             "UserKnownHostsFile=~/.qflow/known_hosts]`. Host keys are checked as ssh does "
             "(`StrictHostKeyChecking=accept-new` unless set here).",
         )
+        allocation: Literal["per-step", "held", "malleable", "auto"] | None = Field(
+            default=None,
+            description="Allocation strategy of this location, overriding the deployment's "
+            "`policy.allocation` (docs/strategies.md).",
+        )
+        held_nodes: int | None = Field(
+            default=None,
+            ge=1,
+            description="Nodes a held/malleable/auto location allocates in all (one step per "
+            "node); unset: `slots` x `nodes`.",
+        )
+        auto_keep_factor: float = Field(
+            default=2.0,
+            gt=0,
+            description="`auto` keeps its extra nodes through a quantum phase expected to last "
+            "less than this many times the wait it measured for getting them back.",
+        )
         poll_interval: float = Field(
             default=0.05,
             gt=0,
@@ -284,6 +302,16 @@ class SlurmConnector(Connector):
         self._own_workdir = False
         self._srun = "srun"
         self._poll_errors = 0
+        self._allocations: SlurmAllocations | None = None
+
+    @property
+    def strategy(self) -> str:
+        """per-step, held, malleable or auto: the location's own, else the deployment's."""
+        return self.cfg.allocation or self.allocation_policy
+
+    async def quantum_phase(self, started: bool) -> None:
+        if self._allocations is not None:
+            await self._allocations.quantum_phase(started)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -298,6 +326,9 @@ class SlurmConnector(Connector):
 
     async def stop(self) -> None:
         """Cancel the jobs still in flight, stop the poller, remove the own work directory."""
+        if self._allocations is not None:
+            await self._allocations.close()  # held/malleable/auto: release every allocation
+            self._allocations = None
         ids = [jid for jid, t in self._tracked.items() if not t.done.is_set()]
         if ids:
             await self._scancel(ids)
@@ -357,6 +388,10 @@ class SlurmConnector(Connector):
     # -- one step execution ---------------------------------------------------------------
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         await self._prepare()
+        if self.strategy != "per-step":
+            if self._allocations is None:
+                self._allocations = SlurmAllocations(self, self.strategy, self.report_allocation)
+            return await self._allocations.run(job, on_started)
         plan = self._plan(job)
         tracked = await self._submit(plan, on_started)
         try:

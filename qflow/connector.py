@@ -121,6 +121,20 @@ class JobOutcome:
     external_id: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class AllocationRecord:
+    """An allocation a connector held across step executions (held/malleable/auto)."""
+
+    location: str
+    external_id: str
+    kind: str
+    """``held``, ``anchor`` or ``extension``."""
+    nodes: int
+    started: float
+    ended: float
+    node_seconds: float
+
+
 JobStartedCallback = Callable[[str | None], None]
 """Called by a connector when the command starts running, with its external id if any."""
 
@@ -136,9 +150,17 @@ class Connector(abc.ABC):
     def __init__(self, location: str, config: LocationConfig) -> None:
         self.location = location
         self.config = config
+        self.allocation_policy = "per-step"
+        """The run's allocation strategy for this location (set by the engine before start)."""
+        self.report_allocation: Callable[[AllocationRecord], None] | None = None
+        """Where a connector that keeps allocations reports them (set by the engine)."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare the location (open sessions, check reachability); called once per run."""
+
+    async def quantum_phase(self, started: bool) -> None:  # noqa: B027 - optional hook
+        """A quantum phase of the run starts (no classical step running) or ends: a connector
+        keeping allocations may shrink them (malleable, auto)."""
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release whatever :meth:`start` acquired; called once at the end of a run."""

@@ -41,7 +41,7 @@ EMBEDDED_DEFAULT = Path(__file__).with_name("local.yml")
 EMBEDDED_SOURCE = "<embedded local.yml>"
 
 Allocation = Literal["per-step", "held", "malleable", "auto"]
-SUPPORTED_ALLOCATIONS: tuple[str, ...] = ("per-step",)
+SUPPORTED_ALLOCATIONS: tuple[str, ...] = ("per-step", "held", "malleable", "auto")
 
 _LOCATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SECRET_KEY = re.compile(r"token|secret|passw|api_?key|credential", re.IGNORECASE)
@@ -61,14 +61,17 @@ class UnboundStepError(LookupError):
 
 
 class Policy(BaseModel):
-    """How steps get their resources; only ``per-step`` is implemented so far."""
+    """How steps get their resources (docs/strategies.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allocation: Allocation = Field(
         default="per-step",
         description="per-step: every step execution gets its own allocation, released when "
-        "it ends. held, malleable and auto are planned.",
+        "it ends; held: a location's nodes are allocated once for the whole run; malleable: a "
+        "one-node allocation is kept, the other nodes are released during quantum phases; auto: "
+        "like malleable, deciding at each quantum phase from what the run measured. Applies to "
+        "Slurm locations (a location's `allocation` key overrides it).",
     )
 
     @field_validator("allocation")

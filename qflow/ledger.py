@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qflow import __version__
+from qflow.connector import AllocationRecord
 from qflow.secrets import redact
 
 StepStatus = Literal["queued", "running", "success", "failed", "cancelled", "reused"]
@@ -60,6 +61,12 @@ class Ledger:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._previous: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+        self._allocations: list[AllocationRecord] = []
+
+    def allocation(self, record: AllocationRecord) -> None:
+        """An allocation held across step executions (held/malleable/auto strategies)."""
+        with self._lock:
+            self._allocations.append(record)
 
     def remember(self, previous: list[dict[str, Any]]) -> None:
         """Records of the run being resumed, to describe the executions it reuses."""
@@ -163,9 +170,12 @@ class Ledger:
         outputs: Any = None,
     ) -> dict[str, Any]:
         records = self.records()
+        with self._lock:
+            allocations = list(self._allocations)
         steps = [r.as_report() for r in records]
         totals = {
-            "node_seconds": sum(r.node_seconds for r in records),
+            "node_seconds": sum(r.node_seconds for r in records)
+            + sum(a.node_seconds for a in allocations),
             "qpu_seconds": sum(r.qpu_seconds for r in records),
             "steps": len(records),
             "fallbacks": sum(1 for r in records if r.fallback),
@@ -182,6 +192,7 @@ class Ledger:
             "ended": ended,
             "wall_s": ended - started,
             "steps": steps,
+            "allocations": [dataclasses.asdict(a) for a in allocations],
             "totals": totals,
         }
         if outputs is not None:

@@ -287,14 +287,10 @@ def test_empty_candidate_list(value):
     assert "non-empty list" in message
 
 
-def test_unsupported_allocation_policy():
-    text = GOOD.replace("allocation: per-step", "allocation: malleable")
-    message = only(problems(text))
-    number = line(text, "allocation:")
-    assert message == (
-        f"deploy.yml:{number}: policy.allocation: allocation 'malleable' is not supported yet "
-        "(supported: per-step). Fix: set allocation: per-step"
-    )
+@pytest.mark.parametrize("strategy", ["per-step", "held", "malleable", "auto"])
+def test_every_allocation_strategy_is_accepted(strategy: str):
+    text = GOOD.replace("allocation: per-step", f"allocation: {strategy}")
+    assert parse_deployment(text, "deploy.yml").policy.allocation == strategy
 
 
 def test_unknown_allocation_policy_suggests_the_closest():
@@ -324,7 +320,7 @@ def test_every_problem_is_reported_in_file_order():
           default: nowhere
           loop: here
         policy:
-          allocation: held
+          allocation: hold
         extra: 1
         """
     messages = problems(text)

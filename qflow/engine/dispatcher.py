@@ -75,6 +75,8 @@ class Dispatcher:
         self._connectors: dict[str, Connector] = {}
         self._connector_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = {"classical": 0, "quantum": 0}
+        """Executions running now, by kind: phase changes are told to the connectors."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="qflow-io", daemon=True)
         self._thread.start()
@@ -195,6 +197,8 @@ class Dispatcher:
             if location not in self._connectors:
                 config = self.deployment.locations[location]
                 connector = connector_class(config.connector)(location, config)
+                connector.allocation_policy = self.deployment.policy.allocation
+                connector.report_allocation = self.ledger.allocation
                 await connector.start()
                 self._connectors[location] = connector
             return self._connectors[location]
@@ -273,7 +277,7 @@ class Dispatcher:
             else:
                 connector = self._qpu_client
             try:
-                outcome = await self._attempt(connector, spec, record)
+                outcome = await self._attempt(connector, spec, record, quantum=True)
             finally:
                 if client_location:
                     await self.mapper.release(client_location)
@@ -297,7 +301,11 @@ class Dispatcher:
         )
         return ok
 
-    async def _attempt(self, connector: Connector, spec: JobSpec, record: StepRecord) -> JobOutcome:
+    async def _attempt(
+        self, connector: Connector, spec: JobSpec, record: StepRecord, quantum: bool = False
+    ) -> JobOutcome:
+        kind = "quantum" if quantum or connector.config.quantum else "classical"
+        await self._phase(kind, +1)
         try:
             return await connector.run(spec, lambda ext_id: self.ledger.started(record, ext_id))
         except asyncio.CancelledError:
@@ -306,6 +314,22 @@ class Dispatcher:
         except Exception as exc:
             self.ledger.ended(record, "failed", message=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            await self._phase(kind, -1)
+
+    async def _phase(self, kind: str, delta: int) -> None:
+        """Count running executions; a quantum phase starts when a quantum execution starts
+        while no classical one runs, and ends when the last quantum execution ends."""
+        before = dict(self._running)
+        self._running[kind] += delta
+        starts = kind == "quantum" and delta > 0 and before["quantum"] == 0
+        ends = kind == "quantum" and delta < 0 and self._running["quantum"] == 0
+        if (starts and self._running["classical"] == 0) or ends:
+            for connector in list(self._connectors.values()):
+                try:
+                    await connector.quantum_phase(starts)
+                except Exception as exc:  # noqa: BLE001 - a strategy hiccup must not fail steps
+                    _logger.warning("%s: quantum phase hook failed: %s", connector.location, exc)
 
     async def _cancel_all(self) -> None:
         self._cancelling = True

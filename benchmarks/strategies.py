@@ -1,0 +1,212 @@
+"""The papers' experiment (Tables I and II), reproduced with qflow's allocation strategies.
+
+On a real local Slurm cluster (deployments/local-slurm/cluster.sh: 3 compute nodes + a
+quantum node) the clustering workflow runs under every strategy (per-step, held, malleable,
+auto), **single** (one workflow) and **double** (two submitted together), with a **long**
+quantum phase (the emulated QPU's latency scaled from the papers' 2 minutes to 20 s) and a
+**short** one (< 1 s), several repetitions each. The QUBO solve goes to one shared emulated
+QPU (``qflow emulator`` behind a site-wide ``qflow gateway``, one virtual QPU), so quantum
+phases hold no classical node. Every classical step takes one whole compute node.
+
+wall = first start to last end (double: of both workflows); node-s = classical nodes held x
+seconds (Slurm's own times), all allocations of all workflows, idle time included.
+
+Prints a table shaped like the papers' Tables I/II with ratios to ``held`` measured in the
+same run, writes JSON ``{"scenarios": [{"quantum", "mode", "strategy", "wall_s": [..],
+"node_seconds": [..]}], ...}`` and a timeline PNG per strategy (long, single).
+Run: ``python benchmarks/strategies.py [--repeats 3] [--quick]`` (needs root for Slurm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
+STRATEGIES = ("per-step", "held", "malleable", "auto")
+QUANTUM = {  # emulated QPU: backend and latency scale (neutral-atom latency is 120 s)
+    "long": ("neutral-atom", 20 / 120),
+    "short": ("superconducting", 1.0),
+}
+ADMIN_TOKEN_ENV, QPU_TOKEN_ENV = "QFLOW_BENCH_GATEWAY", "QFLOW_BENCH_QPU"
+
+
+@contextmanager
+def service(argv: list[str], banner: str, env: dict[str, str]) -> Any:
+    """A qflow service process; yields the URL it announces, stops it by PID."""
+    proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if banner not in line:
+            raise SystemExit(f"{argv[0]} did not start: {line}")
+        yield line.strip().rsplit(" ", 1)[-1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def deployment(strategy: str, gateway: str) -> str:
+    exclusive = "extra: [--exclusive], " if strategy == "per-step" else ""
+    return (
+        "version: 1\nlocations:\n"
+        f"  compute: {{connector: slurm, partition: compute, nodes: 1, slots: 3, held_nodes: 3, "
+        f"{exclusive}allocation: {strategy}}}\n"
+        f"  qpu: {{connector: shared-qpu, gateway: {gateway}, "
+        f"gateway_token: '${{env:{ADMIN_TOKEN_ENV}}}', max_wait: 600}}\n"
+        "bindings:\n  default: compute\n  /loop/annealing: [qpu, compute]\n"
+    )
+
+
+def run_mode(workdir: Path, dep: Path, mode: str, iterations: int, env: dict[str, str]) -> list:
+    """Start one or two workflows together; their reports once all have ended."""
+    procs = []
+    for i in range(2 if mode == "double" else 1):
+        outdir = Path(tempfile.mkdtemp(dir=workdir))
+        cmd = [
+            sys.executable,
+            "-m",
+            "qflow.cli",
+            "run",
+            "--quiet",
+            "--outdir",
+            str(outdir),
+            str(CLUSTERING),
+            str(dep),
+            "--",
+            "--n_samples",
+            "800",
+            "--max_iterations",
+            str(iterations),
+            "--threshold",
+            "0.99",
+            "--seed",
+            str(i),
+        ]
+        procs.append((subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True), outdir))  # fmt: skip
+    reports = []
+    for proc, outdir in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"a benchmark run failed ({proc.returncode}):\n{err[-3000:]}")
+        reports.append(json.loads((outdir / "qflow-report.json").read_text()))
+    return reports
+
+
+def measure(reports: list[dict]) -> tuple[float, float]:
+    wall = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    return wall, sum(r["totals"]["node_seconds"] for r in reports)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=3, help="loop iterations per run")
+    quick = "smoke test: 1 repetition, 2 iterations, long phase of 5 s"
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", default=str(HERE / "results" / "strategies.json"))
+    args = parser.parse_args(argv)
+    repeats, iterations, quantum = args.repeats, args.iterations, dict(QUANTUM)
+    if args.quick:
+        repeats, iterations, quantum["long"] = 1, 2, ("neutral-atom", 5 / 120)
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from slurm_cluster import start_cluster, stop_cluster
+
+    from qflow.timeline import plot_timeline
+
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    scenarios: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="qflow-strategies-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        cluster = start_cluster(workdir / "cluster")
+        stack.callback(stop_cluster, workdir / "cluster")
+        env = {**cluster.env, ADMIN_TOKEN_ENV: "bench-admin-token", QPU_TOKEN_ENV: "bench-qpu"}
+        for kind, (backend, scale) in quantum.items():
+            with ExitStack() as services:
+                qpu = services.enter_context(service(
+                    ["qflow.emulator", "--port", "0", "--backend", backend,
+                     "--time-scale", str(scale)],
+                    "qflow emulator listening on", {**env, "QFLOW_EMULATOR_TOKEN": "bench-qpu"},
+                ))  # fmt: skip
+                site = workdir / f"site-{kind}.yml"
+                site.write_text(
+                    f"version: 1\nlocations:\n  qpu: {{connector: rest, url: {qpu}, "
+                    f"token: '${{env:{QPU_TOKEN_ENV}}}', vqpus: 1}}\nbindings: {{}}\n"
+                )
+                gateway = services.enter_context(service(
+                    ["qflow.gateway", str(site), "--admin-token", f"${{env:{ADMIN_TOKEN_ENV}}}"],
+                    "qflow gateway listening on", env,
+                ))  # fmt: skip
+                for mode in ("single", "double"):
+                    for strategy in STRATEGIES:
+                        dep = workdir / f"{strategy}.yml"
+                        dep.write_text(deployment(strategy, gateway))
+                        walls, node_s = [], []
+                        for _ in range(repeats):
+                            reports = run_mode(workdir, dep, mode, iterations, env)
+                            wall, nodes = measure(reports)
+                            walls.append(wall)
+                            node_s.append(nodes)
+                        if kind == "long" and mode == "single":
+                            plot_timeline(
+                                reports[0],
+                                out.parent / f"timeline-{strategy}.png",
+                                title=f"{strategy}, long quantum phase, single",
+                            )
+                        scenarios.append({"quantum": kind, "mode": mode, "strategy": strategy,
+                                          "wall_s": walls, "node_seconds": node_s})  # fmt: skip
+                        print(f"  {kind:5} {mode:6} {strategy:9} wall {walls} node-s {node_s}",
+                              flush=True)  # fmt: skip
+    results = {
+        "scenarios": scenarios,
+        "repeats": repeats,
+        "iterations": iterations,
+        "quantum_latency_s": {
+            k: 120 * s if b == "neutral-atom" else 0.2 * s for k, (b, s) in quantum.items()
+        },  # fmt: skip
+        "load_avg_1min": [load_before, os.getloadavg()[0]],
+    }
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(scenarios)
+    print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
+    print(f"written {out} and timeline-<strategy>.png beside it")
+    return 0
+
+
+def _stat(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):8.1f} ± {sd:5.1f}"
+
+
+def print_table(scenarios: list[dict[str, Any]]) -> None:
+    print(f"{'quantum':8} {'mode':7} {'strategy':10} {'wall s':>16} {'node-s':>16} "
+          f"{'wall/held':>9} {'node-s/held':>11}")  # fmt: skip
+    for s in scenarios:
+        held = next(h for h in scenarios if h["quantum"] == s["quantum"]
+                    and h["mode"] == s["mode"] and h["strategy"] == "held")  # fmt: skip
+        wall_ratio = statistics.mean(s["wall_s"]) / statistics.mean(held["wall_s"])
+        node_ratio = statistics.mean(s["node_seconds"]) / statistics.mean(held["node_seconds"])
+        print(f"{s['quantum']:8} {s['mode']:7} {s['strategy']:10} {_stat(s['wall_s']):>16} "
+              f"{_stat(s['node_seconds']):>16} {wall_ratio:9.3f} {node_ratio:11.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Held, malleable and auto allocation strategies of a Slurm location.
+
+``per-step`` (the default) submits one batch job per step execution. The other strategies
+keep allocations (``salloc --no-shell``) and run each step inside them with
+``srun --jobid=ID -w NODE``, one node per step, so no scheduler tick is waited for:
+
+* ``held`` — the papers' baseline: all the location's nodes (``held_nodes``) are allocated at
+  the first step and kept until the run ends; idle time during quantum phases is paid for.
+* ``malleable`` — a one-node *anchor* allocation for the whole run, plus an *extension* with
+  the other nodes, taken when a classical phase needs more than one node and released when a
+  quantum phase starts. (Slurm 22.05 without its accounting daemon cannot resize one job
+  twice, see docs/strategies.md, so shrinking and growing is done with a second job.)
+* ``auto`` — like malleable, but at each quantum phase it decides: release the extension when
+  other jobs wait for the partition, or when the quantum phase is expected to last longer
+  than ``auto_keep_factor`` times the time it took to get the extension; keep it otherwise.
+  Expectations come from what this run measured (earlier quantum phases, earlier waits).
+
+Every allocation is reported (nodes × its Slurm lifetime) as held node-seconds; steps inside
+an allocation report the node they used but no node-seconds of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from qflow.connector import AllocationRecord, JobOutcome, JobSpec, JobStartedCallback
+
+if TYPE_CHECKING:
+    from qflow.connectors.slurm import SlurmConnector
+
+_logger = logging.getLogger("qflow.connectors.slurm")
+_GRANTED = re.compile(r"Granted job allocation (\d+)")
+
+
+class _Allocation:
+    """One ``salloc --no-shell`` job and its nodes."""
+
+    def __init__(self, jobid: str, nodes: list[str], kind: str, granted: float) -> None:
+        self.jobid, self.nodes, self.kind, self.granted = jobid, nodes, kind, granted
+        self.busy: set[str] = set()
+
+
+class SlurmAllocations:
+    """The allocations of one Slurm location under a held/malleable/auto strategy."""
+
+    def __init__(
+        self,
+        connector: SlurmConnector,
+        strategy: str,
+        report: Callable[[AllocationRecord], None] | None,
+    ) -> None:
+        self.connector = connector
+        self.strategy = strategy
+        self.size = connector.cfg.held_nodes or connector.config.slots * connector.cfg.nodes
+        self._report = report
+        self._held: list[_Allocation] = []
+        self._changed = asyncio.Condition()
+        self._growing = False
+        self._grow_waits: list[float] = []
+        self._quantum_since: float | None = None
+        self._quantum_phases: list[float] = []
+
+    # -- steps ------------------------------------------------------------------------------
+    async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
+        allocation, node = await self._take_node()
+        plan = self.connector._plan(job)
+        started = time.time()
+        on_started(f"{allocation.jobid}@{node}")
+        argv = ["srun", f"--jobid={allocation.jobid}", f"--nodelist={node}", "--nodes=1",
+                "--ntasks=1", "--export=ALL", "--quiet", "bash", "-s"]  # fmt: skip
+        try:
+            rc, _, err = await self.connector._transport.run(argv, stdin=plan.script.encode())
+        finally:
+            async with self._changed:
+                allocation.busy.discard(node)
+                self._changed.notify_all()
+        ended = time.time()
+        exit_file = await self.connector._read_exit_file(plan.rc_file, wait=False)
+        await self.connector._copy_capture(plan)
+        await self.connector._transport.remove([p for p in (plan.rc_file, plan.capture_file) if p])
+        code = exit_file if exit_file is not None else (rc or 1)
+        message = None
+        if code != 0:
+            detail = f": {err.strip()[-300:]}" if err.strip() else ""
+            message = (
+                f"exited with status {code} on {node} (in Slurm job {allocation.jobid}){detail}"
+            )
+        return JobOutcome(code, message, started, ended, nodes=1, node_seconds=0.0,
+                          external_id=f"{allocation.jobid}@{node}")  # fmt: skip
+
+    async def _take_node(self) -> tuple[_Allocation, str]:
+        async with self._changed:
+            while True:
+                for allocation in self._held:
+                    free = [n for n in allocation.nodes if n not in allocation.busy]
+                    if free:
+                        allocation.busy.add(free[0])
+                        return allocation, free[0]
+                held = sum(len(a.nodes) for a in self._held)
+                if held < self.size and not self._growing:
+                    self._growing = True
+                    break
+                await self._changed.wait()
+        try:
+            await self._grow(self.size - sum(len(a.nodes) for a in self._held))
+        finally:
+            async with self._changed:
+                self._growing = False
+                self._changed.notify_all()
+        return await self._take_node()
+
+    # -- allocations ------------------------------------------------------------------------
+    async def _grow(self, missing: int) -> None:
+        """Allocate ``missing`` nodes: all of them (held), else an anchor, then an extension."""
+        first = not self._held
+        if self.strategy == "held":
+            count, kind = missing, "held"
+        elif first:
+            count, kind = 1, "anchor"
+        else:
+            count, kind = missing, "extension"
+        exclude = [n for a in self._held for n in a.nodes]
+        asked = time.time()
+        allocation = await self._salloc(count, kind, exclude)
+        if kind == "extension":
+            self._grow_waits.append(time.time() - asked)
+        async with self._changed:
+            self._held.append(allocation)
+            self._changed.notify_all()
+
+    async def _salloc(self, count: int, kind: str, exclude: list[str]) -> _Allocation:
+        cfg = self.connector.cfg
+        name = f"qflow-{kind}-{uuid.uuid4().hex[:8]}"
+        # an extension takes what it can get (1..count): two malleable runs each holding an
+        # anchor must not wait for each other's nodes forever
+        nodes = f"1-{count}" if kind == "extension" and count > 1 else str(count)
+        argv = ["salloc", "--no-shell", f"--nodes={nodes}", f"--job-name={name}"]
+        if cfg.partition:
+            argv.append(f"--partition={cfg.partition}")
+        if exclude:
+            argv.append(f"--exclude={','.join(exclude)}")
+        for flag, value in (("--account", cfg.account), ("--qos", cfg.qos), ("--time", cfg.time)):
+            if value is not None:
+                argv.append(f"{flag}={value}")
+        try:
+            rc, _, err = await self.connector._transport.run(argv)
+        except asyncio.CancelledError:
+            await self.connector._transport.run(["scancel", f"--name={name}"])
+            raise
+        granted = _GRANTED.search(err)
+        if rc != 0 or not granted:
+            raise RuntimeError(f"salloc of {count} node(s) on {self.connector.location} failed: "
+                               f"{err.strip()[-500:]}")  # fmt: skip
+        jobid = granted.group(1)
+        _, out, _ = await self.connector._transport.run(
+            ["squeue", "--noheader", "--jobs", jobid, "--format=%N"]
+        )
+        hostnames = ["scontrol", "show", "hostnames", out.strip()]
+        _, hosts, _ = await self.connector._transport.run(hostnames)
+        return _Allocation(jobid, hosts.split(), kind, time.time())
+
+    async def _release(self, allocation: _Allocation) -> None:
+        async with self._changed:
+            if allocation in self._held:
+                self._held.remove(allocation)
+        await self.connector._scancel([allocation.jobid])
+        info = None
+        for _ in range(40):  # Slurm's own start/end times, once it has ended the job
+            info = await self.connector._lookup_finished(allocation.jobid)
+            if info is not None and info.end:
+                break
+            await asyncio.sleep(0.05)
+        started = info.start if info and info.start else allocation.granted
+        ended = info.end if info and info.end else time.time()
+        if self._report is not None:
+            nodes = len(allocation.nodes)
+            self._report(AllocationRecord(
+                location=self.connector.location, external_id=allocation.jobid,
+                kind=allocation.kind, nodes=nodes, started=started, ended=ended,
+                node_seconds=nodes * max(0.0, ended - started),
+            ))  # fmt: skip
+
+    # -- phases -----------------------------------------------------------------------------
+    async def quantum_phase(self, started: bool) -> None:
+        """A quantum phase begins (no classical step running anywhere) or ends."""
+        now = time.time()
+        if not started:
+            if self._quantum_since is not None:
+                self._quantum_phases.append(now - self._quantum_since)
+                self._quantum_since = None
+            return
+        self._quantum_since = now
+        if self.strategy == "held":
+            return
+        for allocation in list(self._held):
+            if allocation.kind == "extension" and not allocation.busy and await self._shrink():
+                await self._release(allocation)
+
+    async def _shrink(self) -> bool:
+        """Whether to release the extension now (malleable: always; auto: decide)."""
+        if self.strategy == "malleable":
+            return True
+        if await self._others_waiting():
+            return True
+        if not self._quantum_phases or not self._grow_waits:
+            return True  # nothing measured yet: release, as malleable does
+        expected_quantum = sum(self._quantum_phases) / len(self._quantum_phases)
+        expected_wait = sum(self._grow_waits) / len(self._grow_waits)
+        return expected_quantum > self.connector.cfg.auto_keep_factor * expected_wait
+
+    async def _others_waiting(self) -> bool:
+        cfg = self.connector.cfg
+        argv = ["squeue", "--noheader", "--states=PENDING", "--format=%i"]
+        if cfg.partition:
+            argv.append(f"--partition={cfg.partition}")
+        rc, out, _ = await self.connector._transport.run(argv)
+        return rc == 0 and bool(out.strip())
+
+    async def close(self) -> None:
+        """Release everything (end of run, interrupt)."""
+        for allocation in list(self._held):
+            await self._release(allocation)
