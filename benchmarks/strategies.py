@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--json", default=str(HERE / "results" / "strategies.json"))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop what was started
     repeats, iterations, quantum = args.repeats, args.iterations, dict(QUANTUM)
     if args.quick:
         repeats, iterations, quantum["long"] = 1, 2, ("neutral-atom", 5 / 120)

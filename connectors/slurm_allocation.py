@@ -140,7 +140,8 @@ class SlurmAllocations:
         # an extension takes what it can get (1..count): two malleable runs each holding an
         # anchor must not wait for each other's nodes forever
         nodes = f"1-{count}" if kind == "extension" and count > 1 else str(count)
-        argv = ["salloc", "--no-shell", f"--nodes={nodes}", f"--job-name={name}"]
+        # --exclusive: a held node is a whole node (as node-seconds count it), not shared
+        argv = ["salloc", "--no-shell", "--exclusive", f"--nodes={nodes}", f"--job-name={name}"]
         if cfg.partition:
             argv.append(f"--partition={cfg.partition}")
         if exclude:
