@@ -272,6 +272,15 @@ class SlurmConnector(Connector):
             return value
 
         @model_validator(mode="after")
+        def _strategies_need_local_commands(self) -> SlurmConnector.Config:
+            if self.login and self.allocation not in (None, "per-step"):
+                raise ValueError(
+                    "allocation held/malleable/auto runs steps with srun from qflow's host and "
+                    "is not available with login (SSH) yet. Fix: use allocation: per-step here"
+                )
+            return self
+
+        @model_validator(mode="after")
         def _ssh_keys_need_login(self) -> SlurmConnector.Config:
             if self.login is None and (self.ssh_key or self.ssh_port or self.ssh_options):
                 raise ValueError(
@@ -927,9 +936,17 @@ class _Transport(abc.ABC):
 
     @abc.abstractmethod
     async def run(
-        self, argv: list[str], *, query: bool = False, stdin: bytes | None = None
+        self,
+        argv: list[str],
+        *,
+        query: bool = False,
+        stdin: bytes | None = None,
+        timeout: float | None = COMMAND_TIMEOUT_S,
     ) -> tuple[int, str, str]:
-        """Run a Slurm command; ``query`` adds ``SLURM_TIME_FORMAT=%s`` (epoch seconds)."""
+        """Run a Slurm command; ``query`` adds ``SLURM_TIME_FORMAT=%s`` (epoch seconds).
+
+        ``timeout=None`` is for commands that legitimately wait (a pending ``salloc``, a step's
+        ``srun``); login mode ignores it (its remote shells have their own limit)."""
 
     @abc.abstractmethod
     async def read(self, path: str) -> bytes | None:
@@ -967,9 +984,15 @@ class _LocalTransport(_Transport):
         self.query_env = {**self.env, "SLURM_TIME_FORMAT": "%s"}
 
     async def run(
-        self, argv: list[str], *, query: bool = False, stdin: bytes | None = None
+        self,
+        argv: list[str],
+        *,
+        query: bool = False,
+        stdin: bytes | None = None,
+        timeout: float | None = COMMAND_TIMEOUT_S,
     ) -> tuple[int, str, str]:
-        return await _exec(argv, env=self.query_env if query else self.env, stdin=stdin)
+        env = self.query_env if query else self.env
+        return await _exec(argv, env=env, stdin=stdin, timeout=timeout)
 
     async def read(self, path: str) -> bytes | None:
         try:
@@ -1121,7 +1144,12 @@ class _SshTransport(_Transport):
         raise AssertionError("unreachable")
 
     async def run(
-        self, argv: list[str], *, query: bool = False, stdin: bytes | None = None
+        self,
+        argv: list[str],
+        *,
+        query: bool = False,
+        stdin: bytes | None = None,
+        timeout: float | None = COMMAND_TIMEOUT_S,
     ) -> tuple[int, str, str]:
         assigns = [f"{k}={v}" for k, v in self.slurm_env.items()]
         if query:
@@ -1273,7 +1301,11 @@ class _RemoteShell:
 
 
 async def _exec(
-    argv: list[str], *, env: dict[str, str], stdin: bytes | None = None
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    stdin: bytes | None = None,
+    timeout: float | None = COMMAND_TIMEOUT_S,
 ) -> tuple[int, str, str]:
     """Run a command (no shell); kill it if the caller is cancelled or it hangs."""
     try:
@@ -1287,13 +1319,13 @@ async def _exec(
     except OSError as exc:
         return 127, "", f"cannot run {argv[0]}: {exc}"
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), COMMAND_TIMEOUT_S)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except (asyncio.CancelledError, TimeoutError) as exc:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         with contextlib.suppress(Exception):
             await proc.wait()
         if isinstance(exc, TimeoutError):
-            return 124, "", f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:.0f} s"
+            return 124, "", f"{argv[0]} did not answer within {timeout:.0f} s"
         raise
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")

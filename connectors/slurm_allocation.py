@@ -61,7 +61,9 @@ class SlurmAllocations:
         self._report = report
         self._held: list[_Allocation] = []
         self._changed = asyncio.Condition()
-        self._growing = False
+        self._waiting = 0
+        self._grow_task: asyncio.Task[None] | None = None
+        self._grow_error: Exception | None = None
         self._grow_waits: list[float] = []
         self._quantum_since: float | None = None
         self._quantum_phases: list[float] = []
@@ -75,7 +77,9 @@ class SlurmAllocations:
         argv = ["srun", f"--jobid={allocation.jobid}", f"--nodelist={node}", "--nodes=1",
                 "--ntasks=1", "--export=ALL", "--quiet", "bash", "-s"]  # fmt: skip
         try:
-            rc, _, err = await self.connector._transport.run(argv, stdin=plan.script.encode())
+            rc, _, err = await self.connector._transport.run(
+                argv, stdin=plan.script.encode(), timeout=None
+            )
         finally:
             async with self._changed:
                 allocation.busy.discard(node)
@@ -95,25 +99,32 @@ class SlurmAllocations:
                           external_id=f"{allocation.jobid}@{node}")  # fmt: skip
 
     async def _take_node(self) -> tuple[_Allocation, str]:
+        """A free node of the held allocations, growing them in the background if needed.
+
+        A step never waits on its own grow: if a node of ours frees first, it takes that one,
+        and a grow nobody waits for any more is withdrawn (two workflows must not block each
+        other with requests they no longer need).
+        """
         async with self._changed:
-            while True:
-                for allocation in self._held:
-                    free = [n for n in allocation.nodes if n not in allocation.busy]
-                    if free:
-                        allocation.busy.add(free[0])
-                        return allocation, free[0]
-                held = sum(len(a.nodes) for a in self._held)
-                if held < self.size and not self._growing:
-                    self._growing = True
-                    break
-                await self._changed.wait()
-        try:
-            await self._grow(self.size - sum(len(a.nodes) for a in self._held))
-        finally:
-            async with self._changed:
-                self._growing = False
-                self._changed.notify_all()
-        return await self._take_node()
+            self._waiting += 1
+            try:
+                while True:
+                    for allocation in self._held:
+                        free = [n for n in allocation.nodes if n not in allocation.busy]
+                        if free:
+                            allocation.busy.add(free[0])
+                            return allocation, free[0]
+                    if self._grow_error is not None:
+                        error, self._grow_error = self._grow_error, None
+                        raise error
+                    held = sum(len(a.nodes) for a in self._held)
+                    if held < self.size and self._grow_task is None:
+                        self._grow_task = asyncio.create_task(self._grow(self.size - held))
+                    await self._changed.wait()
+            finally:
+                self._waiting -= 1
+                if self._waiting == 0 and self._grow_task is not None:
+                    self._grow_task.cancel()
 
     # -- allocations ------------------------------------------------------------------------
     async def _grow(self, missing: int) -> None:
@@ -127,12 +138,20 @@ class SlurmAllocations:
             count, kind = missing, "extension"
         exclude = [n for a in self._held for n in a.nodes]
         asked = time.time()
-        allocation = await self._salloc(count, kind, exclude)
-        if kind == "extension":
-            self._grow_waits.append(time.time() - asked)
-        async with self._changed:
-            self._held.append(allocation)
-            self._changed.notify_all()
+        try:
+            allocation = await self._salloc(count, kind, exclude)
+            if kind == "extension":
+                self._grow_waits.append(time.time() - asked)
+            async with self._changed:
+                self._held.append(allocation)
+        except asyncio.CancelledError:
+            pass  # withdrawn: nobody waits for these nodes any more
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting steps
+            self._grow_error = exc
+        finally:
+            async with self._changed:
+                self._grow_task = None
+                self._changed.notify_all()
 
     async def _salloc(self, count: int, kind: str, exclude: list[str]) -> _Allocation:
         cfg = self.connector.cfg
@@ -150,7 +169,7 @@ class SlurmAllocations:
             if value is not None:
                 argv.append(f"{flag}={value}")
         try:
-            rc, _, err = await self.connector._transport.run(argv)
+            rc, _, err = await self.connector._transport.run(argv, timeout=None)  # may queue
         except asyncio.CancelledError:
             await self.connector._transport.run(["scancel", f"--name={name}"])
             raise
@@ -225,5 +244,8 @@ class SlurmAllocations:
 
     async def close(self) -> None:
         """Release everything (end of run, interrupt)."""
+        if self._grow_task is not None:
+            self._grow_task.cancel()
+            await asyncio.gather(self._grow_task, return_exceptions=True)
         for allocation in list(self._held):
             await self._release(allocation)
