@@ -174,10 +174,13 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         scenarios.append({"quantum": kind, "mode": mode, "strategy": strategy,
                                           "wall_s": walls, "node_seconds": node_s})  # fmt: skip
+                        partial = {"scenarios": scenarios, "complete": False}
+                        out.write_text(json.dumps(partial, indent=2) + "\n")
                         print(f"  {kind:5} {mode:6} {strategy:9} wall {walls} node-s {node_s}",
                               flush=True)  # fmt: skip
     results = {
         "scenarios": scenarios,
+        "complete": True,
         "repeats": repeats,
         "iterations": iterations,
         "quantum_latency_s": {
