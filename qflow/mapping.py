@@ -56,8 +56,9 @@ class Mapper:
     def candidates(self, step_path: str) -> list[str]:
         return self._candidates_of(step_path)
 
-    async def place(self, step_path: str) -> str:
-        return await self.board.acquire(self.candidates(step_path))
+    async def acquire(self, candidates: list[str]) -> str:
+        """A slot on the first of ``candidates`` that has one (waiting if none has)."""
+        return await self.board.acquire(candidates)
 
     async def release(self, location: str) -> None:
         await self.board.release(location)

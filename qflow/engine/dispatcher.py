@@ -228,7 +228,7 @@ class Dispatcher:
             return await self._run_on_qpu(job, spec, record, placement)
         candidates = [placement.location] if placement else self.mapper.candidates(spec.step)
         fallback = placement.fallback_reason if placement else None
-        location = await self.mapper.board.acquire(candidates)
+        location = await self.mapper.acquire(candidates)
         try:
             connector = await self._connector(location)
             attempts = 1 + connector.config.retries
@@ -272,7 +272,7 @@ class Dispatcher:
         client_location = config.run_on
         try:
             if client_location:
-                await self.mapper.board.acquire([client_location])
+                await self.mapper.acquire([client_location])
                 connector = await self._connector(client_location)
             else:
                 connector = self._qpu_client
