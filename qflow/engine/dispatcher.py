@@ -86,6 +86,8 @@ class Dispatcher:
         """Start a step execution (returns at once)."""
         self.in_flight += 1
         record = self.ledger.submitted(spec.step, spec.iteration)
+        if job.placement is not None and job.placement.requested:
+            record.submitted = job.placement.requested  # the wait for a vQPU is queue wait
         self._loop.call_soon_threadsafe(self._spawn, job, spec, record)
 
     def places_early(self, step: str) -> bool:

@@ -22,6 +22,8 @@ class Placement:
     gateway_url: str | None = None
     fallback_reason: str | None = None
     """Why the quantum candidates were passed over (None: no fallback happened)."""
+    requested: float = 0.0
+    """When the placement was asked for: the step's ``submitted`` time (a vQPU wait shows)."""
 
 
 class NoPlacement(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING
 
 from qflow.engine.placement import NoPlacement, Placement
@@ -72,10 +73,12 @@ class QpuAccess:
         self, step: str, candidates: list[str], *, skip_quantum: bool, reasons: list[str]
     ) -> Placement:
         """First candidate that takes the step: a QPU lease, else a classical location."""
+        requested = time.time()
         reasons = list(reasons)
         for location in candidates:
             if not self.is_quantum(location):
-                return Placement(location, False, fallback_reason="; ".join(reasons) or None)
+                why = "; ".join(reasons) or None
+                return Placement(location, False, fallback_reason=why, requested=requested)
             if skip_quantum:
                 continue
             client = await self._client(location)
@@ -89,7 +92,9 @@ class QpuAccess:
                 reasons.append(str(exc))
                 continue
             self._leases[grant.lease_id] = client
-            return Placement(location, True, grant.lease_id, grant.token, client.url)
+            return Placement(
+                location, True, grant.lease_id, grant.token, client.url, requested=requested
+            )
         why = "; ".join(reasons) or "its candidates are all quantum locations"
         raise NoPlacement(f"no location can take {step}: {why}")
 
