@@ -166,7 +166,7 @@ class Connector(abc.ABC):
         """Release whatever :meth:`start` acquired; called once at the end of a run."""
 
     async def cancel_orphan(self, external_id: str) -> None:  # noqa: B027 - optional hook
-        """Cancel a job that a crashed qflow run left behind (its id from inflight.json).
+        """Cancel a job that a crashed qflow run left behind (its id from inflight.jsonl).
 
         Called by ``qflow run --resume`` before anything else; a job already gone is fine.
         """

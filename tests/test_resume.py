@@ -13,16 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from conftest import REPO, process_alive, qflow_cli
+from qflow.engine.run_state import JsonLines
 
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
 INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2"]  # two iterations
 
 
+def _lines(path: Path) -> list[dict]:
+    return JsonLines(path).read()
+
+
 def _ended(rundir: Path) -> list[dict]:
-    try:
-        return json.loads((rundir / ".qflow" / "records.json").read_text())
-    except (OSError, ValueError):
-        return []
+    return _lines(rundir / ".qflow" / "records.jsonl")
 
 
 def test_kill_9_then_resume_gives_the_same_outputs_without_recomputing(tmp_path: Path):
@@ -45,7 +47,9 @@ def test_kill_9_then_resume_gives_the_same_outputs_without_recomputing(tmp_path:
     os.kill(proc.pid, signal.SIGKILL)  # a crash: no cleanup of any kind
     proc.wait()
     finished_before = {(r["step"], r["iteration"]) for r in _ended(rundir)}
-    leftovers = json.loads((rundir / ".qflow" / "inflight.json").read_text())
+    events = _lines(rundir / ".qflow" / "inflight.jsonl")
+    ended = {e["ended"] for e in events if "ended" in e}
+    leftovers = [e for e in events if "started" in e and e["started"] not in ended]
 
     resumed = qflow_cli("run", "--resume", str(rundir), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -144,7 +144,7 @@ class Dispatcher:
         asyncio.run_coroutine_threadsafe(self.qpus.release(placement), self._loop)
 
     def cancel_orphans(self, leftovers: list[dict[str, Any]]) -> None:
-        """Cancel what a crashed run left running (from its inflight.json), before starting."""
+        """Cancel what a crashed run left running (from its inflight.jsonl), before starting."""
         future = asyncio.run_coroutine_threadsafe(self._cancel_orphans(leftovers), self._loop)
         future.result(CANCEL_TIMEOUT_S)
 

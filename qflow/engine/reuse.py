@@ -5,9 +5,9 @@ paths to compute the key), which doubles the JavaScript evaluations per step. He
 is computed from the job cwltool already built: its command line, redirections and
 environment, with the run-specific paths (output dir, temp dir, staged inputs) replaced by
 what they stand for (input files by their checksum, or size and mtime). A finished
-execution's output directory is recorded under its key in ``RUNDIR/.qflow/reuse.json``; a
+execution's output directory is recorded under its key ; a
 resumed run that builds a job with the same key hard-links those outputs into the new output
-directory instead of running it again.
+directory instead of running it again. Entries are lines of ``RUNDIR/.qflow/reuse.jsonl``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cwltool.utils import visit_class
@@ -25,6 +24,7 @@ from cwltool.utils import visit_class
 if TYPE_CHECKING:
     from qflow.connector import JobSpec
     from qflow.engine.job import ConnectorJob
+    from qflow.engine.run_state import JsonLines
 
 
 class ReuseStore:
@@ -34,18 +34,12 @@ class ReuseStore:
     of the same command in one run (a loop of ``sleep 1``) both run, as the workflow says.
     """
 
-    def __init__(self, path: Path, previous: dict[str, list[str]] | None = None) -> None:
-        self.path = path
-        self._previous = {k: list(v) for k, v in (previous or {}).items()}
-        self._entries = {k: list(v) for k, v in (previous or {}).items()}
+    def __init__(self, log: JsonLines) -> None:
+        self._log = log
+        self._previous: dict[str, list[str]] = {}
+        for entry in log.read():
+            self._previous.setdefault(entry["key"], []).append(entry["outdir"])
         self._lock = threading.Lock()
-
-    @classmethod
-    def load(cls, path: Path) -> ReuseStore:
-        try:
-            return cls(path, json.loads(path.read_text()))
-        except (OSError, ValueError):
-            return cls(path)
 
     def lookup(self, key: str) -> str | None:
         """An unused earlier execution with this key whose outputs are still there."""
@@ -58,12 +52,7 @@ class ReuseStore:
         return None
 
     def record(self, key: str, outdir: str) -> None:
-        with self._lock:
-            if outdir not in self._entries.setdefault(key, []):
-                self._entries[key].append(outdir)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._entries))
-            os.replace(tmp, self.path)
+        self._log.append({"key": key, "outdir": outdir})
 
 
 def job_key(job: ConnectorJob, spec: JobSpec) -> str:
