@@ -94,6 +94,10 @@ class Dispatcher:
         """Steps that may go to a QPU are placed before their job is built."""
         return any(self.qpus.is_quantum(loc) for loc in self.mapper.candidates(step))
 
+    def has_classical_candidate(self, step: str) -> bool:
+        """Whether a quantum candidate has somewhere to fall back to."""
+        return not all(self.qpus.is_quantum(loc) for loc in self.mapper.candidates(step))
+
     def request_placement(
         self, step: str, *, fallback_reason: str | None = None
     ) -> concurrent.futures.Future[Placement]:

@@ -85,7 +85,7 @@ class QflowCommandLineTool(CommandLineTool):
             )
             while not result:
                 yield None
-            if result["status"] == "success" or not self._has_classical_candidate(dispatcher, path):
+            if result["status"] == "success" or not dispatcher.has_classical_candidate(path):
                 output_callbacks(result["out"], result["status"])
                 return
             reason = f"the quantum execution on {placement.location} failed"
@@ -98,10 +98,6 @@ class QflowCommandLineTool(CommandLineTool):
         yield from _tagged(
             self, job_order, output_callbacks, runtimeContext, path, iteration, placement
         )
-
-    @staticmethod
-    def _has_classical_candidate(dispatcher: Any, path: str) -> bool:
-        return not all(dispatcher.qpus.is_quantum(c) for c in dispatcher.mapper.candidates(path))
 
     def quantum_implementation(self) -> CommandLineTool | None:
         """The tool named by this step's ``qflow:QuantumCandidate`` hint, loaded once."""
