@@ -440,6 +440,26 @@ class TaskBook:
 # --- QAOA (qiskit) -----------------------------------------------------------------------------
 
 
+class BookedTasks:
+    """The task_* methods of a quantum connector whose tasks live in a :class:`TaskBook`."""
+
+    book: TaskBook
+    _scrub: Callable[[str], str]
+    """Removes credentials from text (defined by each connector)."""
+
+    async def task_status(self, task_id: str) -> TaskInfo:
+        return self.book.get(task_id).info()
+
+    async def task_result(self, task_id: str) -> dict[str, Any]:
+        return self.book.result(task_id)
+
+    async def task_stop(self, task_id: str) -> None:
+        await self.book.stop(task_id)
+
+    async def task_logs(self, task_id: str) -> str:
+        return self._scrub("\n".join(self.book.get(task_id).log))
+
+
 @dataclasses.dataclass(frozen=True)
 class QaoaPlan:
     """Angles of a QAOA circuit for one QUBO, on the QUBO's own energy scale."""
@@ -645,7 +665,7 @@ class IbmConfig(QuantumLocationConfig):
 DEFAULT_LOCAL_BACKEND = "fake_nairobi"
 
 
-class IbmConnector(QuantumConnector):
+class IbmConnector(BookedTasks, QuantumConnector):
     """IBM Quantum through qiskit-ibm-runtime: local fake backends or the real service."""
 
     Config = IbmConfig
@@ -808,18 +828,6 @@ class IbmConnector(QuantumConnector):
             return existing.id
         kind, work = self.check_task(task)
         return self.book.submit(task, idempotency_key, kind, work).id
-
-    async def task_status(self, task_id: str) -> TaskInfo:
-        return self.book.get(task_id).info()
-
-    async def task_result(self, task_id: str) -> dict[str, Any]:
-        return self.book.result(task_id)
-
-    async def task_stop(self, task_id: str) -> None:
-        await self.book.stop(task_id)
-
-    async def task_logs(self, task_id: str) -> str:
-        return self._scrub("\n".join(self.book.get(task_id).log))
 
     async def status(self) -> QpuStatus:
         backend = self._require_started()

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Literal, cast
 from pydantic import Field, model_validator
 
 from qflow.connectors.ibm import (
+    BookedTasks,
     BookTask,
     MissingExtra,
     Qubo,
@@ -52,7 +53,7 @@ from qflow.connectors.ibm import (
     parse_qubo,
     require_extra,
 )
-from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
+from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig
 from qflow.secrets import SecretReference, redact, resolve_secret
 
 PASQAL_EXTRA = "pasqal"
@@ -285,7 +286,7 @@ class PasqalConfig(QuantumLocationConfig):
         return self
 
 
-class PasqalConnector(QuantumConnector):
+class PasqalConnector(BookedTasks, QuantumConnector):
     """Neutral-atom QPU (Pasqal): pulser emulation in this process, or Pasqal Cloud."""
 
     Config = PasqalConfig
@@ -457,18 +458,6 @@ class PasqalConnector(QuantumConnector):
         return self.book.submit(
             task, idempotency_key, kind, lambda t: self._run_qubo(t, qubo, embedding)
         ).id
-
-    async def task_status(self, task_id: str) -> TaskInfo:
-        return self.book.get(task_id).info()
-
-    async def task_result(self, task_id: str) -> dict[str, Any]:
-        return self.book.result(task_id)
-
-    async def task_stop(self, task_id: str) -> None:
-        await self.book.stop(task_id)
-
-    async def task_logs(self, task_id: str) -> str:
-        return self._scrub("\n".join(self.book.get(task_id).log))
 
     async def status(self) -> QpuStatus:
         if self.device is None:
