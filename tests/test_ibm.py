@@ -7,15 +7,14 @@ Cloud mode cannot reach IBM from here: its code path is driven with a stand-in f
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import sys
 import textwrap
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from qpu_helpers import aio, wait
 
 from qflow.connector import connector_class
 from qflow.connectors.ibm import (
@@ -50,21 +49,6 @@ PATH5 = {
     "seed": 5,
 }
 EDGES5 = [(i, i + 1) for i in range(4)]
-FINAL = ("completed", "failed", "cancelled")
-
-
-def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
-
-    return run
-
-
-async def wait(connector: Any, task_id: str) -> Any:
-    while (info := await connector.task_status(task_id)).state not in FINAL:
-        await asyncio.sleep(0.02)
-    return info
 
 
 def independent(sample: list[int], edges: list[tuple[int, int]]) -> bool:

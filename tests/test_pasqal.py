@@ -7,17 +7,16 @@ pasqal-cloud client (device specs from pulser's AnalogDevice, canned batch resul
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import math
 import sys
 import textwrap
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from qpu_helpers import aio, wait
 
 from qflow.connector import connector_class
 from qflow.connectors.ibm import MissingExtra, TaskRefused, missing_modules, parse_qubo
@@ -38,7 +37,6 @@ needs_sdk = pytest.mark.skipif(
     bool(missing_modules(("pulser", "pulser_simulation"))),
     reason="the pasqal extra (pulser, pulser-simulation) is not installed",
 )
-FINAL = ("completed", "failed", "cancelled")
 
 
 def mis(n: int, edges: list[tuple[int, int]], weights: list[float] | None = None) -> dict:
@@ -59,20 +57,6 @@ PATH5 = mis(5, PATH5_EDGES)
 # (energy -4.5; {0, 3, 5} has -4, {0, 2, 4}... are not independent or weigh less).
 TAILED_EDGES = [(0, 1), (1, 2), (0, 2), (2, 3), (3, 4), (4, 5)]
 TAILED = mis(6, TAILED_EDGES, [1.0, 1.5, 1.0, 1.5, 1.0, 1.5])
-
-
-def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
-
-    return run
-
-
-async def wait(connector: Any, task_id: str) -> Any:
-    while (info := await connector.task_status(task_id)).state not in FINAL:
-        await asyncio.sleep(0.02)
-    return info
 
 
 def brute_force(task: dict) -> tuple[list[int], float]:

@@ -8,17 +8,16 @@ resource talks to it over HTTP exactly as it would to IBM.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_ibm_service import FakeIbmService
 from pydantic import ValidationError
+from qpu_helpers import aio, wait
 
 from qflow.connector import connector_class
 from qflow.connectors.ibm import ResultNotReady, TaskRefused, missing_modules
@@ -50,21 +49,6 @@ BELL = (
     'OPENQASM 3.0;\ninclude "stdgates.inc";\nbit[2] c;\nqubit[2] q;\n'
     "h q[0];\ncx q[0], q[1];\nc[0] = measure q[0];\nc[1] = measure q[1];\n"
 )
-FINAL = ("completed", "failed", "cancelled")
-
-
-def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
-
-    return run
-
-
-async def wait(connector: Any, task_id: str) -> Any:
-    while (info := await connector.task_status(task_id)).state not in FINAL:
-        await asyncio.sleep(0.05)
-    return info
 
 
 @pytest.fixture(autouse=True)
