@@ -13,12 +13,15 @@ the target is <= 1.2.
 floor measured on the same cluster in the same run: 20 x (``sbatch --parsable``, then
 ``squeue`` for that job every 0.1 s until it is gone). Overhead per step = (wall - job run
 time) / steps; qflow's own start-up (a run with no step at all) is subtracted from its wall.
+``slurm_salloc``: the same 20 steps on a location with ``submit: salloc`` (``salloc`` + ``srun``
+per step, no scheduler tick), against the same sbatch floor.
 ``slurm_scatter``: a 200-way scatter of a trivial step through qflow against 200 raw ``sbatch``
 submissions (all submitted, then ``squeue`` until none is left); throughput = jobs / second.
 
 Prints a table and writes JSON (default benchmarks/results/overhead.json):
 ``{"local": {"qflow_s_per_iter", "cwltool_s_per_iter", "ratio", ...},
 "slurm": {"qflow_overhead_s_per_step", "floor_overhead_s_per_step", "ratio"},
+"slurm_salloc": {the same keys},
 "slurm_scatter": {"qflow_jobs_per_s", "sbatch_jobs_per_s", "ratio"}}``.
 Run: ``python benchmarks/overhead.py [--iterations 50] [--repeats 5] [--no-slurm]``.
 """
@@ -46,6 +49,7 @@ locations:
 bindings:
   default: compute
 """
+SLURM_SALLOC_DEPLOYMENT = SLURM_DEPLOYMENT.replace("slots: 200}", "slots: 200, submit: salloc}")
 
 
 def wall(cmd: list[str], cwd: str) -> float:
@@ -139,13 +143,16 @@ def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, f
         os.environ["SLURM_CONF"] = str(cluster.conf)
         deployment = Path(workdir) / "slurm.yml"
         deployment.write_text(SLURM_DEPLOYMENT)
+        salloc_deployment = Path(workdir) / "slurm-salloc.yml"
+        salloc_deployment.write_text(SLURM_SALLOC_DEPLOYMENT)
+        sequence = ["--count", str(steps), "--seconds", str(seconds)]
         try:
             startup = min(qflow_wall(NOTHING, workdir, None) for _ in range(repeats))
-            qflow_seq, floor_seq, qflow_rate, raw_rate = [], [], [], []
+            qflow_seq, salloc_seq, floor_seq, qflow_rate, raw_rate = [], [], [], [], []
             for _ in range(repeats):
-                run = qflow_wall(SLEEP_LOOP, workdir, str(deployment), "--count", str(steps),
-                                 "--seconds", str(seconds))  # fmt: skip
-                qflow_seq.append((run - startup - steps * seconds) / steps)
+                for target, dep in ((qflow_seq, deployment), (salloc_seq, salloc_deployment)):
+                    run = qflow_wall(SLEEP_LOOP, workdir, str(dep), *sequence)
+                    target.append((run - startup - steps * seconds) / steps)
                 floor_seq.append(
                     (slurm_floor(cluster.env, steps, seconds) - steps * seconds) / steps
                 )
@@ -161,6 +168,12 @@ def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, f
             "ratio": min(qflow_seq) / min(floor_seq),
             "steps": steps,
             "qflow_startup_s": startup,
+        },
+        "slurm_salloc": {
+            "qflow_overhead_s_per_step": min(salloc_seq),
+            "floor_overhead_s_per_step": min(floor_seq),
+            "ratio": min(salloc_seq) / min(floor_seq),
+            "steps": steps,
         },
         "slurm_scatter": {
             "qflow_jobs_per_s": max(qflow_rate),
@@ -194,11 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         f" {local['ratio']:>7.2f}  cwltool, {args.iterations}-iteration loop"
     )
     if "slurm" in results:
-        sl, sc = results["slurm"], results["slurm_scatter"]
+        sl, sa, sc = results["slurm"], results["slurm_salloc"], results["slurm_scatter"]
         print(
             f"{'slurm':<10} {sl['qflow_overhead_s_per_step']:>13.4f} "
             f"{sl['floor_overhead_s_per_step']:>13.4f} {sl['ratio']:>7.2f}  sbatch + squeue every "
             f"0.1 s, {sl['steps']} sequential sleep 1 (overhead s/step)"
+        )
+        print(
+            f"{'salloc':<10} {sa['qflow_overhead_s_per_step']:>13.4f} "
+            f"{sa['floor_overhead_s_per_step']:>13.4f} {sa['ratio']:>7.2f}  the same, qflow "
+            "with submit: salloc (floor: sbatch)"
         )
         print(
             f"{'scatter':<10} {sc['qflow_jobs_per_s']:>13.1f} {sc['sbatch_jobs_per_s']:>13.1f} "

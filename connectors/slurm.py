@@ -1,10 +1,22 @@
-"""The ``slurm`` connector: every step execution is one Slurm batch job.
+"""The ``slurm`` connector: every step execution is one Slurm job.
 
-Strategy "hold nodes only while the step runs": one ``sbatch --parsable`` per step execution,
-released by Slurm as soon as the command ends. The batch script (handed to ``sbatch`` on its
-standard input, nothing to stage) enters the step's working directory, rebuilds the step's
-environment, runs the command with its redirections and writes the command's exit status to a
-file in the location's ``workdir`` (a directory the orchestrator and the compute nodes share).
+Strategy "hold nodes only while the step runs" (``per-step``): one ``sbatch --parsable`` per
+step execution, released by Slurm as soon as the command ends. The batch script (handed to
+``sbatch`` on its standard input, nothing to stage) enters the step's working directory,
+rebuilds the step's environment, runs the command with its redirections and writes the
+command's exit status to a file in the location's ``workdir`` (a directory the orchestrator
+and the compute nodes share). The held/malleable/auto strategies live in slurm_allocation.py.
+
+``submit: salloc`` avoids Slurm's scheduler tick: Slurm 22.05 starts a batch job only at its
+next scheduling pass (0.4-0.95 s after ``sbatch`` on the test host, whatever slurm.conf says),
+while ``salloc --no-shell`` is granted at once (~10 ms) and ``srun --jobid=ID`` starts a step
+in ~30 ms. A step of one node and one task then gets an allocation of its own from ``salloc``
+(the same resource options ``sbatch`` would get), its job id is reported at once, the same
+batch script runs in it with ``srun ... bash -s`` and the allocation is ``scancel``led as soon
+as the script ends; its times and node-seconds are Slurm's record of the allocation. MPI steps
+and steps of several nodes or tasks still use ``sbatch``: their command runs ``srun`` itself,
+and an ``srun`` inside an ``srun`` step sees that step's ``SLURM_*`` view, not the
+allocation's ("More processors requested than permitted"). See slurm_salloc.py.
 
 Environment: ``sbatch`` runs with a minimal environment of its own (PATH, HOME, USER, LOGNAME,
 LANG, LC_ALL, TZ and ``SLURM_CONF``) and ``--export=ALL`` of that, so nothing else of the
@@ -37,11 +49,13 @@ master connection (``ControlMaster``) and a few long-lived remote shells on it, 
 costs about what it costs on the login node itself (no handshake, no start-up files per
 command). The steps' paths (working directory, redirections, ``workdir``) must be the same on
 the cluster (a shared filesystem); the default ``workdir`` is then ``~/.qflow/slurm/...`` on
-the login node.
+the login node. ``submit: salloc`` and the held/malleable/auto strategies keep an ``srun``
+running for each step's whole duration and are refused with ``login`` (config validation).
 
 Retries are the engine's (``retries`` of the location); jobs are submitted with
 ``--no-requeue`` so Slurm never reruns a step behind qflow's back. Cancelling :meth:`run`
-``scancel``s the job and waits (bounded) until Slurm reports it ended.
+``scancel``s the job and waits (bounded) until Slurm reports it ended (a ``salloc`` request
+still pending is withdrawn by its unique job name).
 """
 
 from __future__ import annotations
@@ -60,8 +74,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -74,8 +89,10 @@ from qflow.connector import (
     LocationConfig,
 )
 from qflow.connectors.slurm_allocation import SlurmAllocations
+from qflow.connectors.slurm_salloc import salloc, srun_script
 
 _logger = logging.getLogger("qflow.connectors.slurm")
+_T = TypeVar("_T")
 
 CANCEL_WAIT_S = 30.0
 """Longest wait, after ``scancel``, for Slurm to report the job ended."""
@@ -118,7 +135,7 @@ class SlurmError(RuntimeError):
 
 
 class SlurmConnector(Connector):
-    """Runs each step execution as its own Slurm batch job (one ``sbatch`` per execution)."""
+    """Runs each step execution as its own Slurm job (``sbatch``, or ``salloc`` + ``srun``)."""
 
     class Config(LocationConfig):
         """Keys of a ``connector: slurm`` location."""
@@ -169,7 +186,8 @@ class SlurmConnector(Connector):
         extra: list[str] = Field(
             default_factory=list,
             description="Further `sbatch` options added to every job, each one list item in "
-            "`--option=value` form, e.g. `[--exclusive, --reservation=demo]`.",
+            "`--option=value` form, e.g. `[--exclusive, --reservation=demo]`. With `submit: "
+            "salloc` they go to `salloc` too (both know most options).",
         )
         environment: EnvironmentVariables = Field(
             default_factory=dict,
@@ -219,6 +237,16 @@ class SlurmConnector(Connector):
             default=None,
             description="Allocation strategy of this location, overriding the deployment's "
             "`policy.allocation` (docs/strategies.md).",
+        )
+        submit: Literal["sbatch", "salloc"] = Field(
+            default="sbatch",
+            description="How a `per-step` location gets each step's allocation. `sbatch`: one "
+            "batch job per step execution, started at Slurm's next scheduling pass (up to ~1 s "
+            "later on Slurm 22.05). `salloc`: `salloc --no-shell` (granted at once when nodes "
+            "are free), the step's script run in it with `srun`, the allocation cancelled when "
+            "the step ends; only for steps of one node and one task (no `MPIRequirement`, "
+            "`nodes: 1`, `tasks` unset or 1), the others still use `sbatch`. Not with `login` "
+            "(docs/slurm.md).",
         )
         held_nodes: int | None = Field(
             default=None,
@@ -278,6 +306,12 @@ class SlurmConnector(Connector):
                     "allocation held/malleable/auto runs steps with srun from qflow's host and "
                     "is not available with login (SSH) yet. Fix: use allocation: per-step here"
                 )
+            if self.login and self.submit == "salloc":
+                raise ValueError(
+                    "submit: salloc runs each step's srun from qflow's host for the step's whole "
+                    "duration and is not available with login (SSH) yet. Fix: use submit: sbatch "
+                    "(or leave submit out) here"
+                )
             return self
 
         @model_validator(mode="after")
@@ -312,6 +346,8 @@ class SlurmConnector(Connector):
         self._srun = "srun"
         self._poll_errors = 0
         self._allocations: SlurmAllocations | None = None
+        self._salloc_names: set[str] = set()
+        """Job names of the ``submit: salloc`` steps in flight (pending or running)."""
 
     @property
     def strategy(self) -> str:
@@ -338,6 +374,8 @@ class SlurmConnector(Connector):
         if self._allocations is not None:
             await self._allocations.close()  # held/malleable/auto: release every allocation
             self._allocations = None
+        for name in list(self._salloc_names):  # submit: salloc, by name: pending ones too
+            await self._transport.run(["scancel", f"--name={name}"])
         ids = [jid for jid, t in self._tracked.items() if not t.done.is_set()]
         if ids:
             await self._scancel(ids)
@@ -346,7 +384,7 @@ class SlurmConnector(Connector):
                 await asyncio.wait_for(asyncio.gather(*waits), CANCEL_WAIT_S)
         # let the woken run() calls collect their outcomes before the work directory goes
         deadline = time.monotonic() + 5
-        while self._tracked and time.monotonic() < deadline:
+        while (self._tracked or self._salloc_names) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._poller is not None:
             self._poller.cancel()
@@ -367,19 +405,29 @@ class SlurmConnector(Connector):
         if not re.fullmatch(r"\d+(?:[_+]\d+)?", external_id):
             raise SlurmError(f"{external_id!r} is not a Slurm job id")
         await self._prepare()
-        await self._scancel([external_id])
+        await self._end_job(external_id)
+
+    async def _end_job(self, jobid: str) -> _JobInfo | None:
+        """``scancel`` a job and wait (bounded) until Slurm reports it ended: its final record
+        (Slurm's start and end times, nodes), None if Slurm has none or it did not end in time.
+        """
+        await self._scancel([jobid])
         deadline = time.monotonic() + CANCEL_WAIT_S
         while time.monotonic() < deadline:
-            info = (await self._squeue([external_id])).get(external_id)
-            if info is None or info.state in TERMINAL_STATES:
-                return
-            await asyncio.sleep(max(self.cfg.poll_interval, 0.1))
+            with contextlib.suppress(SlurmError):  # a failed squeue: ask again
+                info = (await self._squeue([jobid])).get(jobid)
+                if info is None:  # already left squeue
+                    return await self._lookup_finished(jobid)
+                if info.state in TERMINAL_STATES:  # not COMPLETING any more
+                    return info
+            await asyncio.sleep(max(self.cfg.poll_interval, 0.05))
         _logger.warning(
             "Slurm job %s (location %s) still not ended %.0f s after scancel",
-            external_id,
+            jobid,
             self.location,
             CANCEL_WAIT_S,
         )
+        return None
 
     async def _prepare(self) -> None:
         """Once: the SSH session, the work directory and the path of ``srun``."""
@@ -401,6 +449,8 @@ class SlurmConnector(Connector):
             if self._allocations is None:
                 self._allocations = SlurmAllocations(self, self.strategy, self.report_allocation)
             return await self._allocations.run(job, on_started)
+        if self.cfg.submit == "salloc" and _one_task(self.cfg, job):
+            return await self._run_in_salloc(job, on_started)
         plan = self._plan(job)
         tracked = await self._submit(plan, on_started)
         try:
@@ -419,22 +469,19 @@ class SlurmConnector(Connector):
         workdir = PurePosixPath(self._workdir)
         tag = f"{_safe_name(job.name)}-{uuid.uuid4().hex[:8]}"
         capture = workdir / f"{tag}.out" if not (job.stdout_path and job.stderr_path) else None
+        options, time_limit = self._resource_options(job)
         plan = _Plan(
             job=job,
+            tag=tag,
             rc_file=str(workdir / f"{tag}.rc"),
             log_file=str(workdir / f"{tag}.log"),
             capture_file=str(capture) if capture else None,
+            options=options,
             args=[],
             script="",
-            time_limit=None,
+            time_limit=time_limit,
         )
-        plan.args, plan.time_limit = self._sbatch_args(job, plan, str(workdir))
-        plan.script = self._script(job, plan)
-        return plan
-
-    def _sbatch_args(self, job: JobSpec, plan: _Plan, workdir: str) -> tuple[list[str], str | None]:
-        cfg, res = self.cfg, job.resources
-        args = [
+        plan.args = [
             "sbatch",
             "--parsable",
             "--export=ALL",  # of the minimal environment sbatch runs with; see the module doc
@@ -443,7 +490,16 @@ class SlurmConnector(Connector):
             f"--chdir={workdir}",
             f"--output={plan.log_file}",
             f"--error={plan.log_file}",
+            *options,
         ]
+        plan.script = self._script(job, plan)
+        return plan
+
+    def _resource_options(self, job: JobSpec) -> tuple[list[str], str | None]:
+        """What the step's allocation asks Slurm for (``sbatch`` and ``salloc`` alike), and
+        its time limit."""
+        cfg, res = self.cfg, job.resources
+        args: list[str] = []
         if cfg.partition:
             args.append(f"--partition={cfg.partition}")
         if res.mpi_procs:
@@ -603,6 +659,83 @@ class SlurmConnector(Connector):
         quiet = ("already completing or completed", "Invalid job id")
         if rc != 0 and not any(q in err for q in quiet):
             _logger.warning("scancel %s: %s", " ".join(ids), err.strip())
+
+    # -- submit: salloc -------------------------------------------------------------------
+    async def _run_in_salloc(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
+        """The step in an allocation of its own (``salloc``), run with ``srun`` and cancelled
+        as soon as it ends: no scheduler tick to wait for, unlike ``sbatch``.
+
+        The job id is reported as soon as it is granted, so a crashed run's resume can cancel
+        the allocation (``cancel_orphan``).
+        """
+        plan = self._plan(job)
+        name = f"qflow-{plan.tag}"  # unique: a pending request is withdrawn by its name
+        self._salloc_names.add(name)
+        try:
+            jobid, err = await salloc(self, name, plan.options)
+            if jobid is None:
+                raise SlurmError(
+                    f"salloc refused step {job.name} on location {self.location}: "
+                    f"{err[-500:]} (options: {shlex.join(plan.options)})"
+                )
+            granted = time.time()
+            try:
+                on_started(jobid)
+                cpus = [o for o in plan.options if o.startswith("--cpus-per-task=")]
+                rc, err = await srun_script(self, jobid, plan.script, cpus)  # as sbatch's env
+                code = await self._read_exit_file(plan.rc_file, wait=False)
+                ended_by_slurm = None
+                if code is None:  # the script did not finish: did Slurm end the allocation?
+                    with contextlib.suppress(SlurmError):
+                        ended_by_slurm = (await self._squeue([jobid])).get(jobid)
+                    code = await self._read_exit_file(plan.rc_file, wait=True)
+            finally:
+                final = await _shielded(self._end_job(jobid))
+            return await self._salloc_outcome(
+                jobid, plan, granted, (code, rc, err), ended_by_slurm, final
+            )
+        finally:
+            self._salloc_names.discard(name)
+            await _shielded(self._collect(plan))
+
+    async def _salloc_outcome(
+        self,
+        jobid: str,
+        plan: _Plan,
+        granted: float,
+        ran: tuple[int | None, int, str],
+        ended_by_slurm: _JobInfo | None,
+        final: _JobInfo | None,
+    ) -> JobOutcome:
+        """The exit code from the exit-status file (``ran``: it, srun's status and messages);
+        times and nodes from Slurm's record of the allocation (whole seconds), as for a batch
+        job; ``ended_by_slurm``: the allocation's state when the script did not finish."""
+        code, srun_rc, srun_err = ran
+        started = final.start if final and final.start else granted
+        ended = max(started, final.end if final and final.end else time.time())
+        nodes = final.nodes if final and final.nodes else 1
+        where = f" on {final.nodelist}" if final and final.nodelist else ""
+        detail = f": {srun_err[-300:]}" if srun_err else ""
+        message: str | None = None
+        if code is None and ended_by_slurm and ended_by_slurm.state in TERMINAL_STATES:
+            code, message = await self._exit_and_message(jobid, ended_by_slurm, None, plan)
+        elif code is None:
+            code = srun_rc or 1
+            message = (
+                f"srun in Slurm job {jobid}{where} ended with status {srun_rc} before the step "
+                f"wrote its exit status{detail}"
+            )
+        elif code != 0:
+            message = f"exited with status {code} (Slurm job {jobid}{where}, salloc){detail}"
+        return JobOutcome(
+            exit_code=code,
+            message=message,
+            started=started,
+            ended=ended,
+            nodes=nodes,
+            node_seconds=float(nodes * (ended - started)),
+            external_id=jobid,
+        )
 
     # -- the poller ----------------------------------------------------------------------
     async def _poll_loop(self) -> None:
@@ -800,6 +933,11 @@ class SlurmConnector(Connector):
                 return None
             await asyncio.sleep(0.05)
 
+    async def _collect(self, plan: _Plan) -> None:
+        """After a step ran in an allocation: its captured output, then its files go."""
+        await self._copy_capture(plan)
+        await self._transport.remove([p for p in (plan.rc_file, plan.capture_file) if p])
+
     async def _copy_capture(self, plan: _Plan) -> None:
         """Output with no file of its own goes to qflow's stderr, as with the local connector."""
         if plan.capture_file is None:
@@ -818,10 +956,15 @@ class _Plan:
     """Everything prepared for one submission."""
 
     job: JobSpec
+    tag: str
+    """Unique per execution: names its files (and a ``salloc`` request)."""
     rc_file: str
     log_file: str
     capture_file: str | None
+    options: list[str]
+    """What the allocation asks for (``--partition``, ``--nodes``, ...): sbatch's or salloc's."""
     args: list[str]
+    """The whole ``sbatch`` command line."""
     script: str
     time_limit: str | None
 
@@ -856,15 +999,26 @@ class _Tracked:
     missing: int = 0
 
 
-async def _shielded(coro: Any) -> None:
-    """Run cleanup to its end even if the caller is cancelled again meanwhile."""
+async def _shielded(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run cleanup to its end even if the caller is cancelled again meanwhile; its result."""
     task = asyncio.ensure_future(coro)
     try:
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await task
         raise
+
+
+def _one_task(cfg: SlurmConnector.Config, job: JobSpec) -> bool:
+    """Whether a step fits ``submit: salloc``: one node, one task, no MPI.
+
+    A step that needs more runs ``srun`` itself (MPI, several tasks or nodes). Under
+    ``submit: salloc`` the step's script is already an ``srun`` step, and an ``srun`` inside it
+    sees that step's ``SLURM_*`` view (one task), not the allocation's: Slurm refuses ("More
+    processors requested than permitted"). Such steps go through ``sbatch``.
+    """
+    return not job.resources.mpi_procs and cfg.nodes == 1 and cfg.tasks in (None, 1)
 
 
 def _cpus(cores: float | None, default: int | None) -> int | None:

@@ -1,8 +1,9 @@
 """Held, malleable and auto allocation strategies of a Slurm location.
 
-``per-step`` (the default) submits one batch job per step execution. The other strategies
-keep allocations (``salloc --no-shell``) and run each step inside them with
-``srun --jobid=ID -w NODE``, one node per step, so no scheduler tick is waited for:
+``per-step`` (the default) gives every step execution an allocation of its own (a batch
+job, or ``salloc`` + ``srun`` with ``submit: salloc``). The other strategies keep allocations
+(``salloc --no-shell``) and run each step inside them with ``srun --jobid=ID -w NODE``, one
+node per step, so no scheduler tick is waited for (both through slurm_salloc.py):
 
 * ``held`` — the papers' baseline: all the location's nodes (``held_nodes``) are allocated at
   the first step and kept until the run ends; idle time during quantum phases is paid for.
@@ -23,19 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qflow.connector import AllocationRecord, JobOutcome, JobSpec, JobStartedCallback
+from qflow.connectors.slurm_salloc import salloc, srun_script
 
 if TYPE_CHECKING:
     from qflow.connectors.slurm import SlurmConnector
 
 _logger = logging.getLogger("qflow.connectors.slurm")
-_GRANTED = re.compile(r"Granted job allocation (\d+)")
 
 
 class _Allocation:
@@ -74,11 +74,9 @@ class SlurmAllocations:
         plan = self.connector._plan(job)
         started = time.time()
         on_started(f"{allocation.jobid}@{node}")
-        argv = ["srun", f"--jobid={allocation.jobid}", f"--nodelist={node}", "--nodes=1",
-                "--ntasks=1", "--export=ALL", "--quiet", "bash", "-s"]  # fmt: skip
         try:
-            rc, _, err = await self.connector._transport.run(
-                argv, stdin=plan.script.encode(), timeout=None
+            rc, err = await srun_script(
+                self.connector, allocation.jobid, plan.script, [f"--nodelist={node}"]
             )
         finally:
             async with self._changed:
@@ -86,12 +84,11 @@ class SlurmAllocations:
                 self._changed.notify_all()
         ended = time.time()
         exit_file = await self.connector._read_exit_file(plan.rc_file, wait=False)
-        await self.connector._copy_capture(plan)
-        await self.connector._transport.remove([p for p in (plan.rc_file, plan.capture_file) if p])
+        await self.connector._collect(plan)
         code = exit_file if exit_file is not None else (rc or 1)
         message = None
         if code != 0:
-            detail = f": {err.strip()[-300:]}" if err.strip() else ""
+            detail = f": {err[-300:]}" if err else ""
             message = (
                 f"exited with status {code} on {node} (in Slurm job {allocation.jobid}){detail}"
             )
@@ -160,42 +157,34 @@ class SlurmAllocations:
         # anchor must not wait for each other's nodes forever
         nodes = f"1-{count}" if kind == "extension" and count > 1 else str(count)
         # --exclusive: a held node is a whole node (as node-seconds count it), not shared
-        argv = ["salloc", "--no-shell", "--exclusive", f"--nodes={nodes}", f"--job-name={name}"]
+        options = ["--exclusive", f"--nodes={nodes}"]
         if cfg.partition:
-            argv.append(f"--partition={cfg.partition}")
+            options.append(f"--partition={cfg.partition}")
         if exclude:
-            argv.append(f"--exclude={','.join(exclude)}")
+            options.append(f"--exclude={','.join(exclude)}")
         for flag, value in (("--account", cfg.account), ("--qos", cfg.qos), ("--time", cfg.time)):
             if value is not None:
-                argv.append(f"{flag}={value}")
-        try:
-            rc, _, err = await self.connector._transport.run(argv, timeout=None)  # may queue
-        except asyncio.CancelledError:
-            await self.connector._transport.run(["scancel", f"--name={name}"])
-            raise
-        granted = _GRANTED.search(err)
-        if rc != 0 or not granted:
+                options.append(f"{flag}={value}")
+        jobid, err = await salloc(self.connector, name, options)
+        if jobid is None:
             raise RuntimeError(f"salloc of {count} node(s) on {self.connector.location} failed: "
-                               f"{err.strip()[-500:]}")  # fmt: skip
-        jobid = granted.group(1)
-        _, out, _ = await self.connector._transport.run(
-            ["squeue", "--noheader", "--jobs", jobid, "--format=%N"]
-        )
-        hostnames = ["scontrol", "show", "hostnames", out.strip()]
-        _, hosts, _ = await self.connector._transport.run(hostnames)
+                               f"{err[-500:]}")  # fmt: skip
+        try:
+            _, out, _ = await self.connector._transport.run(
+                ["squeue", "--noheader", "--jobs", jobid, "--format=%N"]
+            )
+            hostnames = ["scontrol", "show", "hostnames", out.strip()]
+            _, hosts, _ = await self.connector._transport.run(hostnames)
+        except asyncio.CancelledError:  # granted but not ours yet: it must not outlive us
+            await asyncio.shield(self.connector._scancel([jobid]))
+            raise
         return _Allocation(jobid, hosts.split(), kind, time.time())
 
     async def _release(self, allocation: _Allocation) -> None:
         async with self._changed:
             if allocation in self._held:
                 self._held.remove(allocation)
-        await self.connector._scancel([allocation.jobid])
-        info = None
-        for _ in range(40):  # Slurm's own start/end times, once it has ended the job
-            info = await self.connector._lookup_finished(allocation.jobid)
-            if info is not None and info.end:
-                break
-            await asyncio.sleep(0.05)
+        info = await self.connector._end_job(allocation.jobid)  # Slurm's own start/end times
         started = info.start if info and info.start else allocation.granted
         ended = info.end if info and info.end else time.time()
         if self._report is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -92,6 +93,14 @@ def process_alive(marker: str) -> bool:
     return any(marker in line and not line.startswith("Z") for line in out.splitlines())
 
 
+def batch_flag(cluster: Any, jobid: str) -> str:
+    """``1`` for a batch job (sbatch), ``0`` for an allocation (salloc), from the controller."""
+    shown = cluster.run("scontrol", "show", "job", "--oneliner", jobid)
+    match = re.search(r"BatchFlag=(\d)", shown)
+    assert match, shown
+    return match.group(1)
+
+
 # -- configuration ----------------------------------------------------------------------
 
 
@@ -108,6 +117,13 @@ def test_entry_point_and_config_keys() -> None:
     with pytest.raises(ValidationError, match="not a user@host"):
         SlurmConnector.Config(connector="slurm", login="-oProxyCommand=evil")
     assert SlurmConnector.Config(connector="slurm", time="1-12:00:00").time == "1-12:00:00"
+    assert SlurmConnector.Config(connector="slurm").submit == "sbatch"
+
+
+def test_submit_salloc_with_login_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValidationError, match="submit: salloc .* Fix: use submit: sbatch"):
+        SlurmConnector.Config(connector="slurm", login="alice@login", submit="salloc")
+    SlurmConnector.Config(connector="slurm", login="alice@login", submit="sbatch")
 
 
 def test_resources_map_to_sbatch_options(tmp_path: Path) -> None:
@@ -128,6 +144,10 @@ def test_resources_map_to_sbatch_options(tmp_path: Path) -> None:
     assert args[-1] == "--exclusive"
     plain = connector._plan(spec(tmp_path, ["true"])).args
     assert "--time=30" in plain
+    # salloc gets exactly the resource options, sbatch those plus its own flags
+    plan = connector._plan(job)
+    assert plan.args[-len(plan.options) :] == plan.options
+    assert not [o for o in plan.options if o.startswith(("--output", "--parsable", "--export"))]
 
 
 # -- real jobs ----------------------------------------------------------------------------
@@ -167,8 +187,9 @@ def test_success_files_times_and_node_seconds(slurm_cluster: Any, tmp_path: Path
     assert list((tmp_path / "slurm-work").iterdir()) == []
 
 
+@pytest.mark.parametrize("submit", ["sbatch", "salloc"])
 def test_environment_is_exactly_the_steps(
-    slurm_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    slurm_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submit: str
 ) -> None:
     monkeypatch.setenv("QFLOW_ORCHESTRATOR_ONLY", "must-not-leak")
     env = {
@@ -182,7 +203,10 @@ def test_environment_is_exactly_the_steps(
 
     async def main() -> JobOutcome:
         connector = make_connector(
-            slurm_cluster, tmp_path, environment={"LOCATION_WINS": "location", "EXTRA": "1"}
+            slurm_cluster,
+            tmp_path,
+            environment={"LOCATION_WINS": "location", "EXTRA": "1"},
+            submit=submit,
         )
         try:
             return (await run_with(connector, job))[0]
@@ -469,12 +493,13 @@ def test_finished_job_is_found_in_the_jobcomp_file(slurm_cluster: Any, tmp_path:
     assert (info.start, info.end, info.nodes) == (outcome.started, outcome.ended, 1)
 
 
-def test_stop_cancels_jobs_in_flight(slurm_cluster: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("submit", ["sbatch", "salloc"])
+def test_stop_cancels_jobs_in_flight(slurm_cluster: Any, tmp_path: Path, submit: str) -> None:
     marker = f"sleep 6{uuid.uuid4().int % 1000}.5"
     job = spec(tmp_path, ["sh", "-c", marker])
 
     async def main() -> BaseException | JobOutcome:
-        connector = make_connector(slurm_cluster, tmp_path)
+        connector = make_connector(slurm_cluster, tmp_path, submit=submit)
         started = Started()
         task = asyncio.ensure_future(connector.run(job, started))
         await started.wait()
@@ -486,6 +511,154 @@ def test_stop_cancels_jobs_in_flight(slurm_cluster: Any, tmp_path: Path) -> None
     assert slurm_cluster.active_jobs() == []
     assert not process_alive(marker)
     assert os.path.isdir(tmp_path / "slurm-work")
+
+
+# -- submit: salloc -----------------------------------------------------------------------
+
+
+def test_salloc_step_runs_in_its_own_allocation(slurm_cluster: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("from stdin\n")
+    script = "cat; echo to-stderr >&2; echo $SLURM_CPUS_PER_TASK; sleep 1.2"
+    job = spec(tmp_path, ["sh", "-c", script], stdin="in.txt", cores=2)
+
+    async def main() -> tuple[JobOutcome, Started, list[str]]:
+        connector = make_connector(slurm_cluster, tmp_path, submit="salloc")
+        try:
+            outcome, started, _ = await run_with(connector, job)
+            return outcome, started, slurm_cluster.active_jobs()
+        finally:
+            await connector.stop()
+
+    outcome, started, active_after = asyncio.run(main())
+    assert outcome.exit_code == 0, outcome.message
+    assert outcome.message is None
+    assert (tmp_path / "out.txt").read_text() == "from stdin\n2\n"  # --cpus-per-task=2
+    assert (tmp_path / "err.txt").read_text() == "to-stderr\n"
+    jobid = outcome.external_id or ""
+    assert jobid.isdigit() and [c[0] for c in started.calls] == [jobid]
+    assert active_after == []  # the allocation ended with the step, not at stop()
+    assert batch_flag(slurm_cluster, jobid) == "0"  # an salloc allocation, not a batch job
+    record = subprocess.run(
+        ["squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%S %e %D %j"],
+        env={**slurm_cluster.env, "SLURM_TIME_FORMAT": "%s"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert (outcome.started, outcome.ended, outcome.nodes) == (
+        float(record[0]),
+        float(record[1]),
+        int(record[2]),
+    )
+    assert record[3].startswith("qflow-step-")
+    assert outcome.node_seconds is not None and outcome.node_seconds > 0
+    assert outcome.node_seconds == pytest.approx(outcome.nodes * (outcome.ended - outcome.started))
+    assert list((tmp_path / "slurm-work").iterdir()) == []
+
+
+def test_salloc_failing_step_returns_its_exit_code(slurm_cluster: Any, tmp_path: Path) -> None:
+    job = spec(tmp_path, ["sh", "-c", "echo broken >&2; exit 3"])
+    missing = JobSpec(**{**job.__dict__, "name": "gone", "cwd": str(tmp_path / "nope")})
+
+    async def main() -> list[JobOutcome]:
+        connector = make_connector(slurm_cluster, tmp_path, submit="salloc")
+        try:
+            return [(await run_with(connector, j))[0] for j in (job, missing)]
+        finally:
+            await connector.stop()
+
+    failed, lost = asyncio.run(main())
+    assert failed.exit_code == 3
+    assert "status 3" in (failed.message or "") and failed.external_id in (failed.message or "")
+    assert (tmp_path / "err.txt").read_text() == "broken\n"
+    assert lost.exit_code == 1
+    assert "cannot enter" in (lost.message or "")
+    assert slurm_cluster.active_jobs() == []
+
+
+def test_salloc_cancel_of_a_running_step_leaves_no_job(slurm_cluster: Any, tmp_path: Path) -> None:
+    marker = f"sleep 3{uuid.uuid4().int % 1000}.5"
+    job = spec(tmp_path, ["sh", "-c", marker])
+
+    async def main() -> tuple[str, list[str]]:
+        connector = make_connector(slurm_cluster, tmp_path, submit="salloc")
+        started = Started()
+        try:
+            task = asyncio.ensure_future(connector.run(job, started))
+            jobid = await started.wait()
+            for _ in range(100):
+                if process_alive(marker):
+                    break
+                await asyncio.sleep(0.05)
+            assert process_alive(marker)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return jobid, slurm_cluster.active_jobs()  # before stop(): the cancel did it all
+        finally:
+            await connector.stop()
+
+    jobid, active_after_cancel = asyncio.run(main())
+    assert active_after_cancel == []
+    state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
+    assert state.strip() == "CANCELLED"
+    assert not process_alive(marker)
+
+
+def test_salloc_cancel_while_pending_withdraws_the_request(
+    slurm_cluster: Any, tmp_path: Path
+) -> None:
+    job = spec(tmp_path, ["true"])
+
+    async def main() -> tuple[Started, list[str]]:
+        connector = make_connector(
+            slurm_cluster, tmp_path, submit="salloc", extra=["--begin=now+600"]
+        )
+        started = Started()
+        try:
+            task = asyncio.ensure_future(connector.run(job, started))
+            for _ in range(100):  # until the request is queued
+                await asyncio.sleep(0.05)
+                if slurm_cluster.active_jobs():
+                    break
+            pending = slurm_cluster.active_jobs()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return started, pending
+        finally:
+            await connector.stop()
+
+    started, pending = asyncio.run(main())
+    assert len(pending) == 1, "the salloc request should be pending"
+    assert started.calls == []  # never granted
+    assert slurm_cluster.active_jobs() == []
+
+
+def test_salloc_location_runs_mpi_and_multi_task_steps_with_sbatch(
+    slurm_cluster: Any, tmp_path: Path
+) -> None:
+    """Under ``srun`` their own ``srun`` would see one task: they go through sbatch."""
+    mpi = spec(tmp_path, ["sh", "-c", "echo $SLURM_PROCID"], name="mpi", mpi_procs=3, cores=1)
+    multi = spec(
+        tmp_path, ["sh", "-c", "echo $SLURM_NTASKS"], name="multi", stdout="n.txt", stderr="n.err"
+    )
+
+    async def main() -> list[JobOutcome]:
+        salloc_location = make_connector(slurm_cluster, tmp_path, submit="salloc")
+        two_tasks = make_connector(slurm_cluster, tmp_path, submit="salloc", tasks=2)
+        try:
+            runs = [run_with(salloc_location, mpi), run_with(two_tasks, multi)]
+            return [r[0] for r in await asyncio.gather(*runs)]
+        finally:
+            await salloc_location.stop()
+            await two_tasks.stop()
+
+    outcomes = asyncio.run(main())
+    assert [o.exit_code for o in outcomes] == [0, 0], [o.message for o in outcomes]
+    assert sorted((tmp_path / "out.txt").read_text().split()) == ["0", "1", "2"]
+    assert (tmp_path / "n.txt").read_text() == "2\n"
+    assert [batch_flag(slurm_cluster, o.external_id or "") for o in outcomes] == ["1", "1"]
 
 
 # -- login mode: the Slurm commands over SSH ---------------------------------------------
