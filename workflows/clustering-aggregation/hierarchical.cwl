@@ -24,6 +24,11 @@ inputs:
   seed:
     type: int
     inputBinding: {position: 3, prefix: --seed}
+  min_seconds:
+    type: float
+    default: 0
+    doc: emulated node time, the step lasts at least this long (benchmarks; 0 = off)
+    inputBinding: {position: 19, prefix: --min-seconds}
 outputs:
   labels:
     type: File

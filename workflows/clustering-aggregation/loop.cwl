@@ -32,6 +32,22 @@ inputs:
   previous_best_labels:
     type: File?
     doc: consensus labels of the best previous iteration (null before the first)
+  min_seconds_kmeans:
+    type: float
+    default: 0
+    doc: emulated node time of the kmeans step (benchmarks; 0 = off)
+  min_seconds_dbscan:
+    type: float
+    default: 0
+    doc: emulated node time of the dbscan step (benchmarks; 0 = off)
+  min_seconds_hierarchical:
+    type: float
+    default: 0
+    doc: emulated node time of the hierarchical step (benchmarks; 0 = off)
+  min_seconds_silhouette:
+    type: float
+    default: 0
+    doc: emulated node time of the silhouette step (benchmarks; 0 = off)
 outputs:
   labels:
     type: File
@@ -54,18 +70,21 @@ steps:
     in:
       points: points
       seed: seed
+      min_seconds: min_seconds_kmeans
     out: [labels]
   dbscan:
     run: dbscan.cwl
     in:
       points: points
       seed: seed
+      min_seconds: min_seconds_dbscan
     out: [labels]
   hierarchical:
     run: hierarchical.cwl
     in:
       points: points
       seed: seed
+      min_seconds: min_seconds_hierarchical
     out: [labels]
   qubo:
     run: qubo.cwl
@@ -100,4 +119,5 @@ steps:
       previous_best_score: previous_best_score
       previous_best_labels: previous_best_labels
       iteration: iteration
+      min_seconds: min_seconds_silhouette
     out: [labels, score, best_labels, best_score, iterations]

@@ -55,6 +55,22 @@ inputs:
     type: int
     default: 1000
     doc: simulated-annealing sweeps per read
+  min_seconds_kmeans:
+    type: float
+    default: 0
+    doc: emulated node time, the kmeans step lasts at least this long (benchmarks; 0 = off)
+  min_seconds_dbscan:
+    type: float
+    default: 0
+    doc: emulated node time, the dbscan step lasts at least this long (benchmarks; 0 = off)
+  min_seconds_hierarchical:
+    type: float
+    default: 0
+    doc: emulated node time, the hierarchical step lasts at least this long (benchmarks; 0 = off)
+  min_seconds_silhouette:
+    type: float
+    default: 0
+    doc: emulated node time, the silhouette step lasts at least this long (benchmarks; 0 = off)
 outputs:
   labels:
     type: File?
@@ -90,6 +106,10 @@ steps:
       sample: silhouette_sample
       num_reads: num_reads
       num_sweeps: num_sweeps
+      min_seconds_kmeans: min_seconds_kmeans
+      min_seconds_dbscan: min_seconds_dbscan
+      min_seconds_hierarchical: min_seconds_hierarchical
+      min_seconds_silhouette: min_seconds_silhouette
       previous_best_score:
         default: -1.0
       previous_best_labels:

@@ -60,6 +60,11 @@ inputs:
     type: int
     default: 0
     doc: iterations completed before this one (not passed to the script)
+  min_seconds:
+    type: float
+    default: 0
+    doc: emulated node time, the step lasts at least this long (benchmarks; 0 = off)
+    inputBinding: {position: 19, prefix: --min-seconds}
 outputs:
   labels:
     type: File
