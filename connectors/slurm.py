@@ -257,8 +257,9 @@ class SlurmConnector(Connector):
         auto_keep_factor: float = Field(
             default=2.0,
             gt=0,
-            description="`auto` keeps its extra nodes through a quantum phase expected to last "
-            "less than this many times the wait it measured for getting them back.",
+            description="`auto` releases all its nodes at a quantum phase expected to last "
+            "more than this many times the wait it measured for getting nodes granted; "
+            "otherwise it keeps them (shrinking to one node while other jobs wait).",
         )
         poll_interval: float = Field(
             default=0.05,
@@ -299,13 +300,20 @@ class SlurmConnector(Connector):
                 raise ValueError(f"{value!r} is not a user@host or host name for ssh")
             return value
 
+        def allocation_problem(self, strategy: str) -> tuple[str, str] | None:
+            if self.login and strategy != "per-step":
+                return (
+                    f"allocation {strategy} runs steps with srun from qflow's host and is not "
+                    "available with login (SSH) yet",
+                    "use allocation: per-step for this location",
+                )
+            return None
+
         @model_validator(mode="after")
         def _strategies_need_local_commands(self) -> SlurmConnector.Config:
-            if self.login and self.allocation not in (None, "per-step"):
-                raise ValueError(
-                    "allocation held/malleable/auto runs steps with srun from qflow's host and "
-                    "is not available with login (SSH) yet. Fix: use allocation: per-step here"
-                )
+            problem = self.allocation_problem(self.allocation or "per-step")
+            if problem is not None:
+                raise ValueError(f"{problem[0]}. Fix: {problem[1]}")
             if self.login and self.submit == "salloc":
                 raise ValueError(
                     "submit: salloc runs each step's srun from qflow's host for the step's whole "
@@ -345,7 +353,8 @@ class SlurmConnector(Connector):
         self._own_workdir = False
         self._srun = "srun"
         self._poll_errors = 0
-        self._allocations: SlurmAllocations | None = None
+        self._allocations: dict[str, SlurmAllocations] = {}
+        """Per strategy (held, malleable, auto) its allocations: a binding may override it."""
         self._salloc_names: set[str] = set()
         """Job names of the ``submit: salloc`` steps in flight (pending or running)."""
 
@@ -355,8 +364,8 @@ class SlurmConnector(Connector):
         return self.cfg.allocation or self.allocation_policy
 
     async def quantum_phase(self, started: bool) -> None:
-        if self._allocations is not None:
-            await self._allocations.quantum_phase(started)
+        for allocations in list(self._allocations.values()):
+            await allocations.quantum_phase(started)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -371,9 +380,9 @@ class SlurmConnector(Connector):
 
     async def stop(self) -> None:
         """Cancel the jobs still in flight, stop the poller, remove the own work directory."""
-        if self._allocations is not None:
-            await self._allocations.close()  # held/malleable/auto: release every allocation
-            self._allocations = None
+        for allocations in self._allocations.values():
+            await allocations.close()  # held/malleable/auto: release every allocation
+        self._allocations.clear()
         for name in list(self._salloc_names):  # submit: salloc, by name: pending ones too
             await self._transport.run(["scancel", f"--name={name}"])
         ids = [jid for jid, t in self._tracked.items() if not t.done.is_set()]
@@ -402,10 +411,11 @@ class SlurmConnector(Connector):
 
         A job Slurm no longer knows, or that already ended, is fine.
         """
-        if not re.fullmatch(r"\d+(?:[_+]\d+)?", external_id):
-            raise SlurmError(f"{external_id!r} is not a Slurm job id")
+        match = re.fullmatch(r"(\d+(?:[_+]\d+)?)(?:@[\w.\-\[\],]+)?", external_id)
+        if match is None:
+            raise SlurmError(f"{external_id!r} is not a Slurm job id (nor JOBID@NODE)")
         await self._prepare()
-        await self._end_job(external_id)
+        await self._end_job(match.group(1))  # a step in a held allocation: the allocation
 
     async def _end_job(self, jobid: str) -> _JobInfo | None:
         """``scancel`` a job and wait (bounded) until Slurm reports it ended: its final record
@@ -445,10 +455,13 @@ class SlurmConnector(Connector):
     # -- one step execution ---------------------------------------------------------------
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         await self._prepare()
-        if self.strategy != "per-step":
-            if self._allocations is None:
-                self._allocations = SlurmAllocations(self, self.strategy, self.report_allocation)
-            return await self._allocations.run(job, on_started)
+        strategy = job.allocation or self.strategy  # the step's binding, else the location's
+        if strategy != "per-step":
+            if strategy not in self._allocations:
+                self._allocations[strategy] = SlurmAllocations(
+                    self, strategy, self.report_allocation
+                )
+            return await self._allocations[strategy].run(job, on_started)
         if self.cfg.submit == "salloc" and _one_task(self.cfg, job):
             return await self._run_in_salloc(job, on_started)
         plan = self._plan(job)

@@ -11,10 +11,10 @@ node per step, so no scheduler tick is waited for (both through slurm_salloc.py)
   the other nodes, taken when a classical phase needs more than one node and released when a
   quantum phase starts. (Slurm 22.05 without its accounting daemon cannot resize one job
   twice, see docs/strategies.md, so shrinking and growing is done with a second job.)
-* ``auto`` — like malleable, but at each quantum phase it decides: release the extension when
-  other jobs wait for the partition, or when the quantum phase is expected to last longer
-  than ``auto_keep_factor`` times the time it took to get the extension; keep it otherwise.
-  Expectations come from what this run measured (earlier quantum phases, earlier waits).
+* ``auto`` — at each quantum phase it decides from what this run measured (earlier quantum
+  phases, the waits for earlier grants) and whether other jobs wait for the partition:
+  *release* everything (the phase is expected to outlast ``auto_keep_factor`` times the wait
+  for getting nodes back), *shrink* to the anchor (others wait), or *keep* all nodes.
 
 Every allocation is reported (nodes × its Slurm lifetime) as held node-seconds; steps inside
 an allocation report the node they used but no node-seconds of their own.
@@ -64,9 +64,10 @@ class SlurmAllocations:
         self._waiting = 0
         self._grow_task: asyncio.Task[None] | None = None
         self._grow_error: Exception | None = None
-        self._grow_waits: list[float] = []
+        self._grant_waits: list[float] = []
         self._quantum_since: float | None = None
         self._quantum_phases: list[float] = []
+        self._releasing: set[asyncio.Task[None]] = set()
 
     # -- steps ------------------------------------------------------------------------------
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
@@ -137,8 +138,7 @@ class SlurmAllocations:
         asked = time.time()
         try:
             allocation = await self._salloc(count, kind, exclude)
-            if kind == "extension":
-                self._grow_waits.append(time.time() - asked)
+            self._grant_waits.append(time.time() - asked)
             async with self._changed:
                 self._held.append(allocation)
         except asyncio.CancelledError:
@@ -180,6 +180,14 @@ class SlurmAllocations:
             raise
         return _Allocation(jobid, hosts.split(), kind, time.time())
 
+    def _release_soon(self, allocation: _Allocation) -> None:
+        """Stop using ``allocation`` now; cancel and account for it in the background, so a
+        quantum step never waits for Slurm to end the job (``close`` waits for it)."""
+        self._held.remove(allocation)
+        task = asyncio.get_running_loop().create_task(self._release(allocation))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
     async def _release(self, allocation: _Allocation) -> None:
         async with self._changed:
             if allocation in self._held:
@@ -205,23 +213,26 @@ class SlurmAllocations:
                 self._quantum_since = None
             return
         self._quantum_since = now
-        if self.strategy == "held":
+        decision = await self.decide()
+        if decision == "keep":
             return
-        for allocation in list(self._held):
-            if allocation.kind == "extension" and not allocation.busy and await self._shrink():
-                await self._release(allocation)
+        async with self._changed:
+            for allocation in list(self._held):
+                if not allocation.busy and (decision == "release" or allocation.kind != "anchor"):
+                    self._release_soon(allocation)
 
-    async def _shrink(self) -> bool:
-        """Whether to release the extension now (malleable: always; auto: decide)."""
-        if self.strategy == "malleable":
-            return True
-        if await self._others_waiting():
-            return True
-        if not self._quantum_phases or not self._grow_waits:
-            return True  # nothing measured yet: release, as malleable does
+    async def decide(self) -> str:
+        """At a quantum phase: ``keep`` every node, ``shrink`` to the anchor, or ``release``
+        all (held: keep; malleable: shrink; auto: the rule of docs/strategies.md)."""
+        if self.strategy != "auto":
+            return "keep" if self.strategy == "held" else "shrink"
+        if not self._quantum_phases or not self._grant_waits:
+            return "shrink"  # nothing measured yet: as malleable
         expected_quantum = sum(self._quantum_phases) / len(self._quantum_phases)
-        expected_wait = sum(self._grow_waits) / len(self._grow_waits)
-        return expected_quantum > self.connector.cfg.auto_keep_factor * expected_wait
+        expected_wait = sum(self._grant_waits) / len(self._grant_waits)
+        if expected_quantum > self.connector.cfg.auto_keep_factor * expected_wait:
+            return "release"  # idle nodes would cost more than getting them back
+        return "shrink" if await self._others_waiting() else "keep"
 
     async def _others_waiting(self) -> bool:
         cfg = self.connector.cfg
@@ -238,3 +249,5 @@ class SlurmAllocations:
             await asyncio.gather(self._grow_task, return_exceptions=True)
         for allocation in list(self._held):
             await self._release(allocation)
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)

@@ -66,6 +66,14 @@ class LocationConfig(BaseModel):
         description="How many times a failed step execution is resubmitted on this location.",
     )
 
+    def allocation_problem(self, strategy: str) -> tuple[str, str] | None:
+        """Why this location cannot allocate with ``strategy``: (what, fix); None if it can.
+
+        Checked for ``policy.allocation`` and bindings' ``allocation`` before a run starts.
+        Connectors that always allocate per step ignore strategies, so the default is None.
+        """
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
@@ -101,6 +109,8 @@ class JobSpec:
     """File the command's stdout goes to; ``None`` means qflow's own stderr (as cwltool)."""
     stderr_path: str | None
     resources: Resources
+    allocation: str | None = None
+    """Allocation strategy the step's binding sets (``bindings``); None: the location's."""
 
 
 @dataclasses.dataclass

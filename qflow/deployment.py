@@ -96,22 +96,32 @@ class Deployment:
     bindings: dict[str, list[str]]
     """Binding key (``default`` or an absolute step path) -> ordered candidate locations."""
     policy: Policy = dataclasses.field(default_factory=Policy)
+    binding_allocations: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Binding key -> the allocation strategy that binding sets for its steps."""
     binding_lines: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
     """1-based line of each binding key, for messages about bindings."""
     bindings_line: int = dataclasses.field(default=1, repr=False)
     """1-based line of the ``bindings:`` key (1 when absent), for messages about steps."""
 
     def candidates(self, step_path: str) -> list[str]:
+        """The candidate locations of the binding of ``step_path`` (:meth:`binding_of`)."""
+        return list(self.bindings[self.binding_of(step_path)])
+
+    def allocation_for(self, step_path: str) -> str | None:
+        """The strategy the binding of ``step_path`` sets; None: the location's or policy's."""
+        return self.binding_allocations.get(self.binding_of(step_path))
+
+    def binding_of(self, step_path: str) -> str:
         """The most specific binding of ``step_path``: exact, nearest ancestor, else default."""
         if not step_path.startswith("/"):
             raise ValueError(f"step path must be absolute (start with '/'), got {step_path!r}")
         path = step_path.rstrip("/") or "/"
         while path not in ("", "/"):
             if path in self.bindings:
-                return list(self.bindings[path])
+                return path
             path = path.rsplit("/", 1)[0]
         if DEFAULT_BINDING in self.bindings:
-            return list(self.bindings[DEFAULT_BINDING])
+            return DEFAULT_BINDING
         raise UnboundStepError(self._unbound(step_path))
 
     def _unbound(self, step_path: str) -> str:
@@ -257,8 +267,9 @@ class _Parser:
         version = self.version(data)
         locations = self.locations(data)
         declared = data["locations"] if isinstance(data.get("locations"), CommentedMap) else {}
-        bindings, binding_lines = self.bindings(data, list(declared))
+        bindings, binding_lines, binding_allocations = self.bindings(data, list(declared))
         policy = self.policy(data)
+        self.allocation_problems(data, locations, policy, bindings, binding_allocations)
         if self.problems:
             self.fail()
         return Deployment(
@@ -267,6 +278,7 @@ class _Parser:
             locations=locations,
             bindings=bindings,
             policy=policy,
+            binding_allocations=binding_allocations,
             binding_lines=binding_lines,
             bindings_line=_key_line(data, "bindings", 1),
         )
@@ -413,9 +425,9 @@ class _Parser:
 
     def bindings(
         self, data: CommentedMap, declared: list[Any]
-    ) -> tuple[dict[str, list[str]], dict[str, int]]:
+    ) -> tuple[dict[str, list[str]], dict[str, int], dict[str, str]]:
         if "bindings" not in data:
-            return {}, {}
+            return {}, {}, {}
         node = data["bindings"]
         line = _key_line(data, "bindings", 1)
         if not isinstance(node, CommentedMap):
@@ -425,10 +437,11 @@ class _Parser:
                 f"expected a mapping of step paths to locations, got {_brief(node)}",
                 "write e.g. `bindings: {default: here, /loop/annealing: [compute, here]}`",
             )
-            return {}, {}
+            return {}, {}, {}
         names = [n for n in declared if isinstance(n, str)]
         bindings: dict[str, list[str]] = {}
         lines: dict[str, int] = {}
+        allocations: dict[str, str] = {}
         for key, value in node.items():
             kline = _key_line(node, key, line)
             path = _join("bindings", str(key))
@@ -442,6 +455,12 @@ class _Parser:
                     f"or {DEFAULT_BINDING}",
                 )
                 continue
+            if isinstance(value, CommentedMap):  # {locations: ..., allocation: ...}
+                value, allocation = self.binding_mapping(value, path, kline)
+                if value is None:
+                    continue
+                if allocation is not None:
+                    allocations[key] = allocation
             normal = "/" + "/".join(p for p in key.split("/") if p)
             if key != DEFAULT_BINDING and (key != normal or normal == "/"):
                 self.add(
@@ -506,7 +525,57 @@ class _Parser:
             if ok:
                 bindings[key] = candidates
                 lines[key] = kline
-        return bindings, lines
+        return bindings, lines, allocations
+
+    def binding_mapping(self, node: CommentedMap, path: str, line: int) -> tuple[Any, str | None]:
+        """The locations and the strategy of a binding written as a mapping."""
+        keys = ("locations", "allocation")
+        for key in node:
+            if key not in keys:
+                self.unknown_key(node, key, path, keys)
+        if node.get("locations") is None:
+            self.add(line, path, "a binding written as a mapping needs `locations`",
+                     "write e.g. {locations: [compute], allocation: held}")  # fmt: skip
+        allocation = node.get("allocation")
+        if allocation is not None and allocation not in SUPPORTED_ALLOCATIONS:
+            self.add(
+                _key_line(node, "allocation", line),
+                f"{path}.allocation",
+                f"unknown allocation strategy {_brief(allocation)}",
+                _guess(
+                    str(allocation),
+                    SUPPORTED_ALLOCATIONS,
+                    f"use one of {', '.join(SUPPORTED_ALLOCATIONS)}",
+                ),  # fmt: skip
+            )
+            allocation = None
+        return node.get("locations"), allocation
+
+    def allocation_problems(
+        self,
+        data: CommentedMap,
+        locations: dict[str, LocationConfig],
+        policy: Policy,
+        bindings: dict[str, list[str]],
+        binding_allocations: dict[str, str],
+    ) -> None:
+        """Strategies (policy, bindings) that a location they reach cannot use."""
+        node = data.get("policy")
+        line = _key_line(data, "policy", 1)
+        if isinstance(node, CommentedMap):
+            line = _key_line(node, "allocation", line)
+        for name, config in locations.items():
+            strategy = getattr(config, "allocation", None) or policy.allocation
+            problem = config.allocation_problem(strategy)
+            if problem is not None and strategy == policy.allocation:
+                self.add(line, "policy.allocation", f"location {name}: {problem[0]}", problem[1])
+        for key, strategy in binding_allocations.items():  # only parsed from a mapping
+            kline = _key_line(data["bindings"], key, 1)
+            for name in bindings.get(key, []):
+                problem = locations[name].allocation_problem(strategy)
+                if problem is not None:
+                    self.add(kline, f"bindings.{key}.allocation",
+                             f"location {name}: {problem[0]}", problem[1])  # fmt: skip
 
     def policy(self, data: CommentedMap) -> Policy:
         if "policy" not in data:

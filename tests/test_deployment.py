@@ -392,6 +392,59 @@ def test_candidates_precedence():
     assert deployment.candidates("/prepare") == ["here"]
 
 
+def test_binding_sets_the_allocation_of_its_steps():
+    text = GOOD.replace("  /loop: compute", "  /loop: {locations: compute, allocation: held}")
+    deployment = parse_deployment(text, "deploy.yml")
+    assert deployment.candidates("/loop/fit") == ["compute"]
+    assert deployment.allocation_for("/loop/fit") == "held"  # from the /loop binding
+    assert deployment.allocation_for("/loop/annealing") is None  # its own binding sets none
+    assert deployment.allocation_for("/prepare") is None
+    assert deployment.policy.allocation == "per-step"
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "fix"),
+    [
+        ("{locations: compute, allocaton: held}", "bindings./loop.allocaton: unknown key",
+         "did you mean 'allocation'?"),
+        ("{locations: compute, allocation: hold}", "bindings./loop.allocation: unknown "
+         "allocation strategy 'hold'", "did you mean 'held'?"),
+        ("{allocation: held}", "bindings./loop: a binding written as a mapping needs `locations`",
+         "{locations: [compute], allocation: held}"),
+        ("{locations: [nowhere], allocation: held}", "bindings./loop[0]: unknown location",
+         "declare nowhere under locations"),
+    ],
+)  # fmt: skip
+def test_bad_binding_mapping(value: str, path: str, fix: str):
+    text = GOOD.replace("  /loop: compute", f"  /loop: {value}")
+    message = only(problems(text))
+    assert message.startswith(f"deploy.yml:{line(text, '/loop: {')}: {path}"), message
+    assert fix in message.split("Fix: ", 1)[1]
+
+
+def test_strategy_a_location_cannot_use_is_refused_where_it_is_set():
+    text = """\
+version: 1
+locations:
+  here: {connector: here}
+  hpc: {connector: slurm, partition: compute, login: user@login}
+bindings:
+  default: here
+  /loop: {locations: [hpc, here], allocation: held}
+policy:
+  allocation: malleable
+"""
+    first, second = problems(text)
+    assert first.startswith(f"deploy.yml:{line(text, '/loop:')}: bindings./loop.allocation: "
+                            "location hpc: allocation held runs steps with srun")  # fmt: skip
+    assert second.startswith(f"deploy.yml:{line(text, 'allocation: malleable')}: "
+                             "policy.allocation: location hpc: allocation malleable")  # fmt: skip
+    assert "Fix: use allocation: per-step for this location" in second
+    # the location's own key wins over the policy: nothing left to refuse
+    fixed = text.replace("login: user@login}", "login: user@login, allocation: per-step}")
+    assert only(problems(fixed)).startswith(f"deploy.yml:{line(text, '/loop:')}: bindings")
+
+
 def test_loaded_values_and_file_order(tmp_path):
     path = tmp_path / "deploy.yml"
     text = GOOD.replace("  here:\n", "  zeta:\n").replace("default: here", "default: zeta")

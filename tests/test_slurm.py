@@ -784,11 +784,15 @@ def test_cancel_orphan_of_a_crashed_run(slurm_cluster: Any, tmp_path: Path) -> N
     jobid = slurm_cluster.run(
         "sbatch", "--parsable", "-p", "compute", "-o", "/dev/null", "--wrap", marker
     ).strip()
+    slurm_cluster.run("salloc", "--no-shell", "-p", "compute", "-N1", "--job-name=orphan-held")
+    granted = slurm_cluster.run("squeue", "-h", "--name=orphan-held", "-o", "%i %N").split()
 
     async def main() -> None:
         connector = make_connector(slurm_cluster, tmp_path)
         try:
             await connector.cancel_orphan(jobid)
+            # a step of a held allocation (JOBID@NODE): the allocation itself goes
+            await connector.cancel_orphan(f"{granted[0]}@{granted[1]}")
             await connector.cancel_orphan("999999")  # unknown: no error
             with pytest.raises(SlurmError, match="not a Slurm job id"):
                 await connector.cancel_orphan("12; rm -rf /")

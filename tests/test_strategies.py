@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
 INPUTS = ["--", "--n_samples", "600", "--max_iterations", "2", "--threshold", "0.99"]
 
 
-def _run(strategy: str, slurm_cluster: Any, tmp_path: Path) -> dict:
+def _run(strategy: str, slurm_cluster: Any, tmp_path: Path, loop_binding: str = "") -> dict:
     deployment = tmp_path / f"{strategy}.yml"
     deployment.write_text(
         f"""
@@ -27,6 +28,7 @@ locations:
 bindings:
   default: compute
   /loop/annealing: [qpu, compute]
+  {"/loop: " + loop_binding if loop_binding else ""}
 policy:
   allocation: {strategy}
 """
@@ -59,24 +61,89 @@ def test_held_keeps_all_nodes_for_the_whole_run(slurm_cluster: Any, tmp_path: Pa
     _classical_steps_inside(report)
 
 
-@pytest.mark.parametrize("strategy", ["malleable", "auto"])
-def test_malleable_and_auto_shrink_during_quantum_phases(
-    slurm_cluster: Any, tmp_path: Path, strategy: str
-):
-    report = _run(strategy, slurm_cluster, tmp_path)
+def test_a_binding_sets_the_strategy_of_its_steps(slurm_cluster: Any, tmp_path: Path):
+    report = _run("per-step", slurm_cluster, tmp_path, "{locations: compute, allocation: held}")
+    (held,) = report["allocations"]
+    assert held["kind"] == "held"
+    (generate,) = [s for s in report["steps"] if s["step"] == "/generate"]
+    assert "@" not in generate["external_id"] and generate["node_seconds"] > 0  # own job
+    loop = [
+        s for s in report["steps"] if s["step"].startswith("/loop/") and s["location"] == "compute"
+    ]
+    assert loop and all(s["external_id"].startswith(held["external_id"] + "@") for s in loop)
+    assert generate["ended"] <= held["started"] + 1  # held from the loop's first step
+
+
+def _annealing(report: dict) -> list[dict]:
+    steps = (s for s in report["steps"] if s["step"] == "/loop/annealing")
+    return sorted(steps, key=lambda s: s["iteration"])
+
+
+def test_malleable_shrinks_to_its_anchor_during_quantum_phases(slurm_cluster: Any, tmp_path: Path):
+    report = _run("malleable", slurm_cluster, tmp_path)
     anchors = [a for a in report["allocations"] if a["kind"] == "anchor"]
     extensions = [a for a in report["allocations"] if a["kind"] == "extension"]
     assert len(anchors) == 1 and anchors[0]["nodes"] == 1
     # one extension per classical phase (the three clusterings of each iteration), released
-    # before that iteration's quantum step ends (on an idle cluster auto releases too)
+    # before that iteration's quantum step ends
     assert len(extensions) == 2 and all(e["nodes"] == 2 for e in extensions)
-    annealing = sorted(
-        (s for s in report["steps"] if s["step"] == "/loop/annealing"),
-        key=lambda s: s["iteration"],
-    )
-    for extension, quantum in zip(sorted(extensions, key=lambda e: e["started"]), annealing,
-                                  strict=True):  # fmt: skip
+    for extension, quantum in zip(sorted(extensions, key=lambda e: e["started"]),
+                                  _annealing(report), strict=True):  # fmt: skip
         assert extension["ended"] <= quantum["ended"]
     _classical_steps_inside(report)
-    held_equivalent = 3 * report["wall_s"]
-    assert report["totals"]["node_seconds"] < held_equivalent
+    assert report["totals"]["node_seconds"] < 3 * report["wall_s"]
+
+
+def test_auto_releases_everything_once_quantum_phases_are_known_to_be_long(
+    slurm_cluster: Any, tmp_path: Path
+):
+    report = _run("auto", slurm_cluster, tmp_path)
+    anchors = sorted((a for a in report["allocations"] if a["kind"] == "anchor"),
+                     key=lambda a: a["started"])  # fmt: skip
+    first, second = _annealing(report)
+    # 1st quantum phase: nothing measured yet, it shrinks as malleable does; 2nd: the phase
+    # measured (~2.4 s) outlasts twice the waits for grants (ms), so the anchor goes too and a
+    # new one is granted for the silhouette step after it
+    assert len(anchors) == 2
+    assert anchors[0]["ended"] <= second["ended"] and anchors[1]["started"] >= first["ended"]
+    assert all(a["ended"] <= second["ended"] for a in report["allocations"]
+               if a["started"] <= second["started"])  # fmt: skip
+    _classical_steps_inside(report)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "quantum_s", "grant_wait_s", "others_pending", "decision"),
+    [
+        ("held", [10.0], [0.01], False, "keep"),
+        ("malleable", [0.1], [5.0], False, "shrink"),
+        ("auto", [], [0.01], False, "shrink"),  # nothing measured yet: as malleable
+        ("auto", [10.0, 6.0], [0.01, 3.0], False, "release"),  # 8 s > 2 x 1.5 s
+        ("auto", [0.3], [0.2], False, "keep"),  # 0.3 s < 2 x 0.2 s, nobody else waits
+        ("auto", [0.3], [0.2], True, "shrink"),  # the same, but a job waits for nodes
+    ],
+)  # fmt: skip
+def test_the_decision_at_a_quantum_phase(
+    slurm_cluster: Any,
+    tmp_path: Path,
+    strategy: str,
+    quantum_s: list[float],
+    grant_wait_s: list[float],
+    others_pending: bool,
+    decision: str,
+):
+    from qflow.connectors.slurm import SlurmConnector
+    from qflow.connectors.slurm_allocation import SlurmAllocations
+
+    config = SlurmConnector.Config(connector="slurm", partition="compute",
+                                   slurm_conf=str(slurm_cluster.conf))  # fmt: skip
+    allocations = SlurmAllocations(SlurmConnector("c", config), strategy, None)
+    allocations._quantum_phases, allocations._grant_waits = quantum_s, grant_wait_s
+    pending = None
+    if others_pending:  # a job that cannot start for an hour
+        pending = slurm_cluster.run("sbatch", "--parsable", "--partition=compute",
+                                    "--begin=now+3600", "--wrap=true").strip()  # fmt: skip
+    try:
+        assert asyncio.run(allocations.decide()) == decision
+    finally:
+        if pending:
+            slurm_cluster.run("scancel", pending)

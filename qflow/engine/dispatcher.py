@@ -85,6 +85,9 @@ class Dispatcher:
     def submit(self, job: ConnectorJob, spec: JobSpec) -> None:
         """Start a step execution (returns at once)."""
         self.in_flight += 1
+        allocation = self.deployment.allocation_for(spec.step)
+        if allocation is not None:
+            spec = dataclasses.replace(spec, allocation=allocation)
         record = self.ledger.submitted(spec.step, spec.iteration)
         if job.placement is not None and job.placement.requested:
             record.submitted = job.placement.requested  # the wait for a vQPU is queue wait
