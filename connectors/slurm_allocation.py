@@ -11,10 +11,10 @@ node per step, so no scheduler tick is waited for (both through slurm_salloc.py)
   the other nodes, taken when a classical phase needs more than one node and released when a
   quantum phase starts. (Slurm 22.05 without its accounting daemon cannot resize one job
   twice, see docs/strategies.md, so shrinking and growing is done with a second job.)
-* ``auto`` — at each quantum phase it decides from what this run measured (earlier quantum
-  phases, the waits for earlier grants) and whether other jobs wait for the partition:
-  *release* everything (the phase is expected to outlast ``auto_keep_factor`` times the wait
-  for getting nodes back), *shrink* to the anchor (others wait), or *keep* all nodes.
+* ``auto`` — at each quantum phase it decides from whether other jobs wait for the partition
+  and what this run measured (earlier quantum phases, the waits for earlier grants): *shrink*
+  to the anchor (others wait), *release* everything (the phase is expected to outlast
+  ``auto_keep_factor`` times the wait for getting nodes back), or *keep* all nodes.
 
 Every allocation is reported (nodes × its Slurm lifetime) as held node-seconds; steps inside
 an allocation report the node they used but no node-seconds of their own.
@@ -23,6 +23,7 @@ an allocation report the node they used but no node-seconds of their own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -61,17 +62,20 @@ class SlurmAllocations:
         self._report = report
         self._held: list[_Allocation] = []
         self._changed = asyncio.Condition()
-        self._waiting = 0
         self._grow_task: asyncio.Task[None] | None = None
         self._grow_error: Exception | None = None
         self._grant_waits: list[float] = []
         self._quantum_since: float | None = None
         self._quantum_phases: list[float] = []
         self._releasing: set[asyncio.Task[None]] = set()
+        self._expected: dict[str, float] = {}
+        """Step path -> how long its last execution here took (longest-first order)."""
+        self._queue: list[tuple[float, int]] = []
+        self._tickets = itertools.count()
 
     # -- steps ------------------------------------------------------------------------------
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
-        allocation, node = await self._take_node()
+        allocation, node = await self._take_node(self._expected.get(job.step, 0.0))
         plan = self.connector._plan(job)
         started = time.time()
         on_started(f"{allocation.jobid}@{node}")
@@ -84,6 +88,7 @@ class SlurmAllocations:
                 allocation.busy.discard(node)
                 self._changed.notify_all()
         ended = time.time()
+        self._expected[job.step] = ended - started
         exit_file = await self.connector._read_exit_file(plan.rc_file, wait=False)
         await self.connector._collect(plan)
         code = exit_file if exit_file is not None else (rc or 1)
@@ -96,18 +101,22 @@ class SlurmAllocations:
         return JobOutcome(code, message, started, ended, nodes=1, node_seconds=0.0,
                           external_id=f"{allocation.jobid}@{node}")  # fmt: skip
 
-    async def _take_node(self) -> tuple[_Allocation, str]:
+    async def _take_node(self, expected: float) -> tuple[_Allocation, str]:
         """A free node of the held allocations, growing them in the background if needed.
 
+        Waiting steps get nodes longest-expected first (``expected``: how long the same step
+        took in an earlier iteration, 0 if unknown; ties in arrival order), so with fewer nodes
+        than steps the phase is not stretched by its longest step starting last.
         A step never waits on its own grow: if a node of ours frees first, it takes that one,
         and a grow nobody waits for any more is withdrawn (two workflows must not block each
         other with requests they no longer need).
         """
+        ticket = (-expected, next(self._tickets))
         async with self._changed:
-            self._waiting += 1
+            self._queue.append(ticket)
             try:
                 while True:
-                    for allocation in self._held:
+                    for allocation in self._held if min(self._queue) == ticket else ():
                         free = [n for n in allocation.nodes if n not in allocation.busy]
                         if free:
                             allocation.busy.add(free[0])
@@ -120,8 +129,9 @@ class SlurmAllocations:
                         self._grow_task = asyncio.create_task(self._grow(self.size - held))
                     await self._changed.wait()
             finally:
-                self._waiting -= 1
-                if self._waiting == 0 and self._grow_task is not None:
+                self._queue.remove(ticket)
+                self._changed.notify_all()  # the next in line may take a free node now
+                if not self._queue and self._grow_task is not None:
                     self._grow_task.cancel()
 
     # -- allocations ------------------------------------------------------------------------
@@ -228,11 +238,13 @@ class SlurmAllocations:
             return "keep" if self.strategy == "held" else "shrink"
         if not self._quantum_phases or not self._grant_waits:
             return "shrink"  # nothing measured yet: as malleable
+        if await self._others_waiting():
+            return "shrink"  # let them use the rest; keep a node so as not to queue behind them
         expected_quantum = sum(self._quantum_phases) / len(self._quantum_phases)
         expected_wait = sum(self._grant_waits) / len(self._grant_waits)
         if expected_quantum > self.connector.cfg.auto_keep_factor * expected_wait:
             return "release"  # idle nodes would cost more than getting them back
-        return "shrink" if await self._others_waiting() else "keep"
+        return "keep"
 
     async def _others_waiting(self) -> bool:
         cfg = self.connector.cfg

@@ -118,6 +118,7 @@ def test_auto_releases_everything_once_quantum_phases_are_known_to_be_long(
         ("malleable", [0.1], [5.0], False, "shrink"),
         ("auto", [], [0.01], False, "shrink"),  # nothing measured yet: as malleable
         ("auto", [10.0, 6.0], [0.01, 3.0], False, "release"),  # 8 s > 2 x 1.5 s
+        ("auto", [10.0, 6.0], [0.01, 3.0], True, "shrink"),  # the same, but a job waits
         ("auto", [0.3], [0.2], False, "keep"),  # 0.3 s < 2 x 0.2 s, nobody else waits
         ("auto", [0.3], [0.2], True, "shrink"),  # the same, but a job waits for nodes
     ],
@@ -147,3 +148,36 @@ def test_the_decision_at_a_quantum_phase(
     finally:
         if pending:
             slurm_cluster.run("scancel", pending)
+
+
+def test_waiting_steps_get_nodes_longest_expected_first():
+    from qflow.connectors.slurm import SlurmConnector
+    from qflow.connectors.slurm_allocation import SlurmAllocations, _Allocation
+
+    config = SlurmConnector.Config(connector="slurm", partition="compute", held_nodes=1)
+    allocations = SlurmAllocations(SlurmConnector("c", config), "held", None)
+    held = _Allocation("7", ["c1"], "held", 0.0)
+    allocations._held = [held]  # one node, no Slurm call needed
+    allocations._expected = {"/a": 1.0, "/b": 5.0}
+    order: list[str] = []
+
+    async def step(path: str) -> None:
+        allocation, node = await allocations._take_node(allocations._expected.get(path, 0.0))
+        order.append(path)
+        await asyncio.sleep(0.01)
+        async with allocations._changed:
+            allocation.busy.discard(node)
+            allocations._changed.notify_all()
+
+    async def main() -> None:
+        first = await allocations._take_node(0.0)  # the node is busy while the others queue
+        tasks = [asyncio.create_task(step(p)) for p in ("/c", "/a", "/b", "/d")]
+        await asyncio.sleep(0.05)
+        assert order == []
+        async with allocations._changed:
+            first[0].busy.discard(first[1])
+            allocations._changed.notify_all()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert order == ["/b", "/a", "/c", "/d"]  # longest known first, unknown ones in arrival order
