@@ -258,7 +258,7 @@ class SlurmConnector(Connector):
             default=2.0,
             gt=0,
             description="`auto` releases all its nodes at a quantum phase expected to last "
-            "more than this many times the wait it measured for getting nodes granted; "
+            "more than this many times the longest wait it measured for getting nodes granted; "
             "otherwise it keeps them (shrinking to one node while other jobs wait).",
         )
         poll_interval: float = Field(

@@ -14,7 +14,7 @@ node per step, so no scheduler tick is waited for (both through slurm_salloc.py)
 * ``auto`` — at each quantum phase it decides from whether other jobs wait for the partition
   and what this run measured (earlier quantum phases, the waits for earlier grants): *shrink*
   to the anchor (others wait), *release* everything (the phase is expected to outlast
-  ``auto_keep_factor`` times the wait for getting nodes back), or *keep* all nodes.
+  ``auto_keep_factor`` times the longest wait seen for getting nodes), or *keep* all nodes.
 
 Every allocation is reported (nodes × its Slurm lifetime) as held node-seconds; steps inside
 an allocation report the node they used but no node-seconds of their own.
@@ -241,8 +241,8 @@ class SlurmAllocations:
         if await self._others_waiting():
             return "shrink"  # let them use the rest; keep a node so as not to queue behind them
         expected_quantum = sum(self._quantum_phases) / len(self._quantum_phases)
-        expected_wait = sum(self._grant_waits) / len(self._grant_waits)
-        if expected_quantum > self.connector.cfg.auto_keep_factor * expected_wait:
+        worst_wait = max(self._grant_waits)  # pessimistic: contention seen once may return
+        if expected_quantum > self.connector.cfg.auto_keep_factor * worst_wait:
             return "release"  # idle nodes would cost more than getting them back
         return "keep"
 

@@ -117,8 +117,9 @@ def test_auto_releases_everything_once_quantum_phases_are_known_to_be_long(
         ("held", [10.0], [0.01], False, "keep"),
         ("malleable", [0.1], [5.0], False, "shrink"),
         ("auto", [], [0.01], False, "shrink"),  # nothing measured yet: as malleable
-        ("auto", [10.0, 6.0], [0.01, 3.0], False, "release"),  # 8 s > 2 x 1.5 s
+        ("auto", [10.0, 6.0], [0.01, 3.0], False, "release"),  # 8 s > 2 x 3 s (longest wait)
         ("auto", [10.0, 6.0], [0.01, 3.0], True, "shrink"),  # the same, but a job waits
+        ("auto", [10.0, 6.0], [0.01, 5.0], False, "keep"),  # 8 s < 2 x 5 s
         ("auto", [0.3], [0.2], False, "keep"),  # 0.3 s < 2 x 0.2 s, nobody else waits
         ("auto", [0.3], [0.2], True, "shrink"),  # the same, but a job waits for nodes
     ],
