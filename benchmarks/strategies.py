@@ -19,7 +19,7 @@ seconds (Slurm's own times), all allocations of all workflows, idle time include
 
 Prints a table shaped like the papers' Tables I/II with ratios to ``held`` measured in the
 same run, writes JSON ``{"scenarios": [{"quantum", "mode", "strategy", "wall_s": [..],
-"node_seconds": [..]}], ...}`` and a timeline PNG per strategy (long, single).
+"node_seconds": [..]}], ...}`` and a timeline PNG per scenario (its last repetition).
 Run: ``python benchmarks/strategies.py [--repeats 3] [--quick]`` (needs root for Slurm).
 """
 
@@ -196,12 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                             wall, nodes = measure(reports)
                             walls.append(wall)
                             node_s.append(nodes)
-                        if kind == "long" and mode == "single":
-                            plot_timeline(
-                                reports[0],
-                                out.parent / f"timeline-{strategy}.png",
-                                title=f"{strategy}, long quantum phase, single",
-                            )
+                        plot_timeline(
+                            reports,
+                            out.parent / f"timeline-{kind}-{mode}-{strategy}.png",
+                            title=f"{strategy}, {kind} quantum phase, {mode}",
+                        )
                         scenarios.append({"quantum": kind, "mode": mode, "strategy": strategy,
                                           "wall_s": walls, "node_seconds": node_s})  # fmt: skip
                         partial = {"scenarios": scenarios, "complete": False}
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(scenarios)
     print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
-    print(f"written {out} and timeline-<strategy>.png beside it")
+    print(f"written {out} and timeline-<quantum>-<mode>-<strategy>.png beside it")
     return 0
 
 

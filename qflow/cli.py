@@ -157,14 +157,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from qflow.report_table import ReportError, load_report, print_report
 
     try:
-        report = load_report(args.report)
+        reports = [load_report(path) for path in args.report]
     except ReportError as exc:
         return _fail(str(exc))
-    print_report(report)
+    for report in reports:
+        print_report(report)
     if args.plot:
         from qflow.timeline import plot_timeline
 
-        plot_timeline(report, args.plot)
+        plot_timeline(reports, args.plot)
         _err.print(f"timeline written to {args.plot}")
     return 0
 
@@ -221,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("deployment")
     validate.set_defaults(func=cmd_validate)
 
-    report = sub.add_parser("report", help="print a run report as a table")
-    report.add_argument("report", help="qflow-report.json")
-    report.add_argument("--plot", metavar="FILE.png", help="also draw the timeline")
+    report = sub.add_parser("report", help="print run reports as tables")
+    report.add_argument("report", nargs="+", help="qflow-report.json (several: runs side by side)")
+    plot_help = "also draw the timeline (several reports: stacked per workflow)"
+    report.add_argument("--plot", metavar="FILE.png", help=plot_help)
     report.set_defaults(func=cmd_report)
 
     connectors = sub.add_parser("connectors", help="list installed connectors and their keys")

@@ -86,3 +86,38 @@ def test_connectors_lists_builtins_with_their_keys():
     proc = qflow_cli("connectors")
     assert proc.returncode == 0
     assert "local (classical" in proc.stdout and "slots = 1" in proc.stdout
+
+
+def test_timeline_stacks_workflows_on_one_time_axis():
+    from qflow.timeline import timeline
+
+    def report(started: float, steps: list[dict], allocations: list[dict]) -> dict:
+        return {"started": started, "workflow": "w.cwl", "steps": steps,
+                "allocations": allocations}  # fmt: skip
+
+    first = report(100.0, [
+        {"started": 100.0, "ended": 104.0, "nodes": 1, "node_seconds": 4.0},  # own job
+        {"started": 101.0, "ended": 103.0, "nodes": 1, "node_seconds": 0.0},  # in allocation
+        {"started": 104.0, "ended": 106.0, "quantum": True, "node_seconds": 0.0},
+    ], [{"started": 101.0, "ended": 103.0, "nodes": 2}])  # fmt: skip
+    second = report(102.0, [
+        {"started": 102.0, "ended": 105.0, "quantum": True, "node_seconds": 0.0},
+    ], [{"started": 102.0, "ended": 108.0, "nodes": 1}])  # fmt: skip
+    data = timeline([first, second])
+    assert data.times == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]
+    assert data.nodes[0] == [1, 3, 3, 1, 0, 0, 0, 0]  # 1 own + 2 allocated from 1 s to 3 s
+    assert data.nodes[1] == [0, 0, 1, 1, 1, 1, 1, 0]  # its allocation, on the shared axis
+    assert data.qpu[0] == [0, 0, 0, 0, 1, 1, 0, 0] and data.qpu[1] == [0, 0, 1, 1, 1, 0, 0, 0]
+
+
+def test_report_of_several_runs_plots_them_together(tmp_path: Path):
+    reports = []
+    for name in ("a", "b"):
+        run = qflow_cli("run", "--quiet", "--outdir", str(tmp_path / name),
+                        str(DATA / "loop-counter.cwl"))  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        reports.append(str(tmp_path / name / "qflow-report.json"))
+    proc = qflow_cli("report", *reports, "--plot", str(tmp_path / "both.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("4 executions") == 2  # one table per run
+    assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
