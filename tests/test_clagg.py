@@ -414,3 +414,23 @@ def test_cli_pipeline_and_keep_best(tmp_path: Path):
     s3 = json.loads((p / "s3.json").read_text())
     assert s3["improved"] is True and s3["best_score"] == pytest.approx(s1["score"])
     assert np.array_equal(np.load(p / "b3.npy"), c1)
+
+
+@pytest.mark.parametrize(("elapsed", "minimum", "slept"), [(1.5, 4.0, 2.5), (5.0, 4.0, None),
+                                                          (0.2, 0.0, None)])  # fmt: skip
+def test_min_seconds_pads_only_the_remainder(monkeypatch, elapsed, minimum, slept):
+    sleeps: list[float] = []
+    monkeypatch.setattr(clagg.time, "monotonic", lambda: 100.0 + elapsed)
+    monkeypatch.setattr(clagg.time, "sleep", sleeps.append)
+    clagg.pad_to_min_seconds(100.0, minimum)
+    assert sleeps == ([pytest.approx(slept)] if slept is not None else [])
+
+
+def test_min_seconds_reaches_the_clustering_and_silhouette_commands():
+    parser = clagg.build_parser()
+    for command in ("kmeans", "dbscan", "hierarchical"):
+        args = parser.parse_args([command, "--points", "p", "--seed", "1", "--min-seconds", "2.5"])
+        assert args.min_seconds == 2.5
+    sil = ["silhouette", "--points", "p", "--qubo", "q", "--solution", "s", "--kmeans", "k",
+           "--dbscan", "d", "--hierarchical", "h"]  # fmt: skip
+    assert parser.parse_args(sil).min_seconds == 0.0  # off unless asked
