@@ -258,8 +258,8 @@ class SlurmConnector(Connector):
             default=2.0,
             gt=0,
             description="`auto` releases all its nodes at a quantum phase expected to last "
-            "more than this many times the longest wait it measured for getting nodes granted; "
-            "otherwise it keeps them (shrinking to one node while other jobs wait).",
+            "more than this many times the mean wait it measured for getting nodes granted, "
+            "unless it met other jobs on the partition (then it shrinks to one node).",
         )
         poll_interval: float = Field(
             default=0.05,

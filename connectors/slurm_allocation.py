@@ -11,10 +11,10 @@ node per step, so no scheduler tick is waited for (both through slurm_salloc.py)
   the other nodes, taken when a classical phase needs more than one node and released when a
   quantum phase starts. (Slurm 22.05 without its accounting daemon cannot resize one job
   twice, see docs/strategies.md, so shrinking and growing is done with a second job.)
-* ``auto`` — at each quantum phase it decides from whether other jobs wait for the partition
-  and what this run measured (earlier quantum phases, the waits for earlier grants): *shrink*
-  to the anchor (others wait), *release* everything (the phase is expected to outlast
-  ``auto_keep_factor`` times the longest wait seen for getting nodes), or *keep* all nodes.
+* ``auto`` — at each quantum phase it decides from whether this run has met other jobs on the
+  partition and what it measured (earlier quantum phases, the waits for earlier grants):
+  *shrink* to the anchor (contention), *release* everything (the phase is expected to outlast
+  ``auto_keep_factor`` times the mean wait for getting nodes), or *keep* all nodes.
 
 Every allocation is reported (nodes × its Slurm lifetime) as held node-seconds; steps inside
 an allocation report the node they used but no node-seconds of their own.
@@ -65,6 +65,8 @@ class SlurmAllocations:
         self._grow_task: asyncio.Task[None] | None = None
         self._grow_error: Exception | None = None
         self._grant_waits: list[float] = []
+        self._contended = False
+        """Seen once in this run: a grant that had to queue, or jobs pending at a decision."""
         self._quantum_since: float | None = None
         self._quantum_phases: list[float] = []
         self._releasing: set[asyncio.Task[None]] = set()
@@ -176,6 +178,8 @@ class SlurmAllocations:
             if value is not None:
                 options.append(f"{flag}={value}")
         jobid, err = await salloc(self.connector, name, options)
+        if "queued and waiting for resources" in err:
+            self._contended = True
         if jobid is None:
             raise RuntimeError(f"salloc of {count} node(s) on {self.connector.location} failed: "
                                f"{err[-500:]}")  # fmt: skip
@@ -238,11 +242,14 @@ class SlurmAllocations:
             return "keep" if self.strategy == "held" else "shrink"
         if not self._quantum_phases or not self._grant_waits:
             return "shrink"  # nothing measured yet: as malleable
-        if await self._others_waiting():
-            return "shrink"  # let them use the rest; keep a node so as not to queue behind them
+        if self._contended or await self._others_waiting():
+            # others want nodes: let them use the rest, and keep one so as not to queue behind
+            # them for it. Remembered: contention seen once is likely to come back
+            self._contended = True
+            return "shrink"
         expected_quantum = sum(self._quantum_phases) / len(self._quantum_phases)
-        worst_wait = max(self._grant_waits)  # pessimistic: contention seen once may return
-        if expected_quantum > self.connector.cfg.auto_keep_factor * worst_wait:
+        expected_wait = sum(self._grant_waits) / len(self._grant_waits)
+        if expected_quantum > self.connector.cfg.auto_keep_factor * expected_wait:
             return "release"  # idle nodes would cost more than getting them back
         return "keep"
 

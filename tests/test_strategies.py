@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,9 @@ def test_auto_releases_everything_once_quantum_phases_are_known_to_be_long(
         ("held", [10.0], [0.01], False, "keep"),
         ("malleable", [0.1], [5.0], False, "shrink"),
         ("auto", [], [0.01], False, "shrink"),  # nothing measured yet: as malleable
-        ("auto", [10.0, 6.0], [0.01, 3.0], False, "release"),  # 8 s > 2 x 3 s (longest wait)
+        ("auto", [10.0, 6.0], [0.01, 3.0], False, "release"),  # 8 s > 2 x 1.5 s (mean wait)
         ("auto", [10.0, 6.0], [0.01, 3.0], True, "shrink"),  # the same, but a job waits
-        ("auto", [10.0, 6.0], [0.01, 5.0], False, "keep"),  # 8 s < 2 x 5 s
+        ("auto", [10.0, 6.0], [0.01, 9.0], False, "keep"),  # 8 s < 2 x 4.5 s
         ("auto", [0.3], [0.2], False, "keep"),  # 0.3 s < 2 x 0.2 s, nobody else waits
         ("auto", [0.3], [0.2], True, "shrink"),  # the same, but a job waits for nodes
     ],
@@ -146,9 +147,43 @@ def test_the_decision_at_a_quantum_phase(
                                     "--begin=now+3600", "--wrap=true").strip()  # fmt: skip
     try:
         assert asyncio.run(allocations.decide()) == decision
+        if strategy == "auto" and quantum_s:  # contention, once seen, is remembered
+            assert allocations._contended == others_pending
     finally:
         if pending:
             slurm_cluster.run("scancel", pending)
+    if strategy == "auto" and others_pending:
+        assert asyncio.run(allocations.decide()) == "shrink"  # nobody waits any more
+
+
+def test_auto_notices_a_grant_that_had_to_queue(slurm_cluster: Any, tmp_path: Path):
+    from qflow.connectors.slurm import SlurmConnector
+    from qflow.connectors.slurm_allocation import SlurmAllocations
+
+    config = SlurmConnector.Config(connector="slurm", partition="compute",
+                                   slurm_conf=str(slurm_cluster.conf))  # fmt: skip
+    connector = SlurmConnector("c", config)
+    allocations = SlurmAllocations(connector, "auto", None)
+    blocker = slurm_cluster.run("sbatch", "--parsable", "--partition=compute", "--nodes=3",
+                                "--exclusive", "--wrap=sleep 2").strip()  # fmt: skip
+    for _ in range(100):  # batch jobs start on Slurm's 1 s tick
+        if slurm_cluster.run("squeue", "-h", "-j", blocker, "-o", "%T").strip() == "RUNNING":
+            break
+        time.sleep(0.05)
+
+    async def main() -> None:
+        await connector._prepare()
+        try:
+            allocation = await allocations._salloc(1, "anchor", [])  # queues behind the blocker
+            await connector._end_job(allocation.jobid)
+        finally:
+            await connector.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        slurm_cluster.run("scancel", blocker)
+    assert allocations._contended
 
 
 def test_waiting_steps_get_nodes_longest_expected_first():
