@@ -332,12 +332,15 @@ def test_scancel_from_outside(slurm_cluster: Any, tmp_path: Path) -> None:
     assert not process_alive(marker)
 
 
-def test_asyncio_cancel_scancels_the_running_job(slurm_cluster: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("submit", ["sbatch", "salloc"])
+def test_asyncio_cancel_scancels_the_running_job(
+    slurm_cluster: Any, tmp_path: Path, submit: str
+) -> None:
     marker = f"sleep 7{uuid.uuid4().int % 1000}.5"
     job = spec(tmp_path, ["sh", "-c", marker])
 
-    async def main() -> str:
-        connector = make_connector(slurm_cluster, tmp_path)
+    async def main() -> tuple[str, list[str]]:
+        connector = make_connector(slurm_cluster, tmp_path, submit=submit)
         started = Started()
         try:
             task = asyncio.ensure_future(connector.run(job, started))
@@ -351,12 +354,12 @@ def test_asyncio_cancel_scancels_the_running_job(slurm_cluster: Any, tmp_path: P
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return jobid
+            return jobid, slurm_cluster.active_jobs()  # before stop(): the cancel did it all
         finally:
             await connector.stop()
 
-    jobid = asyncio.run(main())
-    assert slurm_cluster.active_jobs() == []
+    jobid, active_after_cancel = asyncio.run(main())
+    assert active_after_cancel == []
     state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
     assert state.strip() == "CANCELLED"
     assert not process_alive(marker)
@@ -576,35 +579,6 @@ def test_salloc_failing_step_returns_its_exit_code(slurm_cluster: Any, tmp_path:
     assert slurm_cluster.active_jobs() == []
 
 
-def test_salloc_cancel_of_a_running_step_leaves_no_job(slurm_cluster: Any, tmp_path: Path) -> None:
-    marker = f"sleep 3{uuid.uuid4().int % 1000}.5"
-    job = spec(tmp_path, ["sh", "-c", marker])
-
-    async def main() -> tuple[str, list[str]]:
-        connector = make_connector(slurm_cluster, tmp_path, submit="salloc")
-        started = Started()
-        try:
-            task = asyncio.ensure_future(connector.run(job, started))
-            jobid = await started.wait()
-            for _ in range(100):
-                if process_alive(marker):
-                    break
-                await asyncio.sleep(0.05)
-            assert process_alive(marker)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return jobid, slurm_cluster.active_jobs()  # before stop(): the cancel did it all
-        finally:
-            await connector.stop()
-
-    jobid, active_after_cancel = asyncio.run(main())
-    assert active_after_cancel == []
-    state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
-    assert state.strip() == "CANCELLED"
-    assert not process_alive(marker)
-
-
 def test_salloc_cancel_while_pending_withdraws_the_request(
     slurm_cluster: Any, tmp_path: Path
 ) -> None:
@@ -766,12 +740,12 @@ def test_login_mode_cancel_and_bad_key(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return jobid
+            return jobid, slurm_cluster.active_jobs()  # before stop(): the cancel did it all
         finally:
             await connector.stop()
 
-    jobid = asyncio.run(main())
-    assert slurm_cluster.active_jobs() == []
+    jobid, active_after_cancel = asyncio.run(main())
+    assert active_after_cancel == []
     state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
     assert state.strip() == "CANCELLED"
     assert not process_alive(marker)
