@@ -95,6 +95,8 @@ _logger = logging.getLogger("qflow.connectors.slurm")
 _T = TypeVar("_T")
 
 CANCEL_WAIT_S = 30.0
+SETTLE_S = 2.0
+"""How long a step whose srun died waits for Slurm to show why (its allocation's state)."""
 """Longest wait, after ``scancel``, for Slurm to report the job ended."""
 COMMAND_TIMEOUT_S = 60.0
 """Longest wait for one Slurm command (``sbatch``, ``squeue``, ...)."""
@@ -699,8 +701,7 @@ class SlurmConnector(Connector):
                 code = await self._read_exit_file(plan.rc_file, wait=False)
                 ended_by_slurm = None
                 if code is None:  # the script did not finish: did Slurm end the allocation?
-                    with contextlib.suppress(SlurmError):
-                        ended_by_slurm = (await self._squeue([jobid])).get(jobid)
+                    ended_by_slurm = await self._ended_by_slurm(jobid)
                     code = await self._read_exit_file(plan.rc_file, wait=True)
             finally:
                 final = await _shielded(self._end_job(jobid))
@@ -710,6 +711,18 @@ class SlurmConnector(Connector):
         finally:
             self._salloc_names.discard(name)
             await _shielded(self._collect(plan))
+
+    async def _ended_by_slurm(self, jobid: str) -> _JobInfo | None:
+        """The allocation's final record if Slurm ends it within ``SETTLE_S`` (a cancel, a
+        time limit: srun learns of it a little before squeue shows the final state)."""
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(SlurmError):
+                info = (await self._squeue([jobid])).get(jobid)
+                if info is None or info.state in TERMINAL_STATES:
+                    return info
+            await asyncio.sleep(0.05)
+        return None
 
     async def _salloc_outcome(
         self,
