@@ -144,7 +144,8 @@ def test_the_decision_at_a_quantum_phase(
     pending = None
     if others_pending:  # a job that cannot start for an hour
         pending = slurm_cluster.run("sbatch", "--parsable", "--partition=compute",
-                                    "--begin=now+3600", "--wrap=true").strip()  # fmt: skip
+                                    "--begin=now+3600", "--output=/dev/null",
+                                    "--wrap=true").strip()  # fmt: skip
     try:
         assert asyncio.run(allocations.decide()) == decision
         if strategy == "auto" and quantum_s:  # contention, once seen, is remembered
@@ -165,7 +166,8 @@ def test_auto_notices_a_grant_that_had_to_queue(slurm_cluster: Any, tmp_path: Pa
     connector = SlurmConnector("c", config)
     allocations = SlurmAllocations(connector, "auto", None)
     blocker = slurm_cluster.run("sbatch", "--parsable", "--partition=compute", "--nodes=3",
-                                "--exclusive", "--wrap=sleep 2").strip()  # fmt: skip
+                                "--exclusive", "--output=/dev/null",
+                                "--wrap=sleep 2").strip()  # fmt: skip
     for _ in range(100):  # batch jobs start on Slurm's 1 s tick
         if slurm_cluster.run("squeue", "-h", "-j", blocker, "-o", "%T").strip() == "RUNNING":
             break
