@@ -119,7 +119,8 @@ def start_server(directory: Path, cores: int = 2) -> HqServer:
     directory.mkdir(parents=True, exist_ok=True)
     ready = directory / READY_FILE
     ready.unlink(missing_ok=True)
-    env = {**os.environ, "RUST_BACKTRACE": "0"}
+    # TMPDIR: the cluster's local-connection sockets (hq-lc-*) stay in the server directory.
+    env = {**os.environ, "RUST_BACKTRACE": "0", "TMPDIR": str(directory)}
     with open(directory / LOG_FILE, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), str(directory), "--cores", str(cores)],

@@ -7,6 +7,7 @@ fails are known cwltool limitations, so exactly those may fail through qflow too
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -37,6 +38,7 @@ def test_required_conformance_through_qflow(tmp_path: Path):
             "--tags", "required", "-j2", f"--junit-xml={junit}", "--", "--no-container",
         ],
         cwd=SUITE,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # cwltest's per-test directories
         capture_output=True,
         text=True,
         timeout=1200,
