@@ -24,6 +24,7 @@ from qflow.deployment import (
     load_deployment,
 )
 from qflow.engine.run_state import Invocation, RunState
+from qflow.report_table import REPORT_NAME
 from qflow.secrets import RedactingFilter, redact
 
 EXIT_BAD_INPUT = 2
@@ -59,8 +60,6 @@ def _deployment(path: str | None) -> Deployment:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qflow.engine.run_state import Invocation, RunState
-
     if args.resume:
         state = RunState(Path(args.resume).resolve())
         if not state.exists():
@@ -85,9 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         deployment=str(Path(deployment_path).resolve()) if deployment_path else None,
         job=str(Path(job).resolve()) if job else None,
         inputs=list(args.inputs),
-        report=str(Path(args.report).resolve())
-        if args.report
-        else str(outdir / "qflow-report.json"),
+        report=str(Path(args.report).resolve()) if args.report else str(outdir / REPORT_NAME),
     )
     return _run(invocation, RunState(outdir), args, resume=False)
 
@@ -156,6 +153,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from qflow.report_table import ReportError, load_report, print_report
 
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        return _fail(
+            f"--plot {args.plot}: directory {Path(args.plot).resolve().parent} does not exist. "
+            "Fix: create it or give another path"
+        )
     try:
         reports = [load_report(path) for path in args.report]
     except ReportError as exc:
@@ -165,7 +167,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plot:
         from qflow.timeline import plot_timeline
 
-        plot_timeline(reports, args.plot)
+        try:
+            plot_timeline(reports, args.plot)
+        except (OSError, ValueError) as exc:  # unwritable path, format matplotlib lacks
+            return _fail(f"--plot {args.plot}: {exc}. Fix: give a writable .png, .svg or .pdf")
         _err.print(f"timeline written to {args.plot}")
     return 0
 
@@ -211,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUNDIR",
         help="continue the interrupted or crashed run whose --outdir was RUNDIR",
     )
-    run.add_argument("--report", help="run report path (default OUTDIR/qflow-report.json)")
+    run.add_argument("--report", help=f"run report path (default OUTDIR/{REPORT_NAME})")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.add_argument("--verbose", action="store_true", help="show cwltool's own log")
     run.add_argument("--no-container", action="store_true", help="ignore DockerRequirement hints")
@@ -223,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     report = sub.add_parser("report", help="print run reports as tables")
-    report.add_argument("report", nargs="+", help="qflow-report.json (several: runs side by side)")
+    report.add_argument(
+        "report", nargs="+", help=f"{REPORT_NAME} or a run's --outdir (several: side by side)"
+    )
     plot_help = "also draw the timeline (several reports: stacked per workflow)"
     report.add_argument("--plot", metavar="FILE.png", help=plot_help)
     report.set_defaults(func=cmd_report)

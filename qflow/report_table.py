@@ -14,21 +14,36 @@ class ReportError(ValueError):
     """The file is not a qflow run report."""
 
 
+REPORT_NAME = "qflow-report.json"
+"""Where ``qflow run`` writes the report in its ``--outdir`` unless ``--report`` says."""
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
+    """The report at ``path``, or in ``path`` when it is a run's output directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_NAME
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ReportError(
-            f"{path}: no such file. Fix: give the path of a qflow-report.json"
+            f"{path}: no such file. Fix: give the path of a {REPORT_NAME} or the --outdir of "
+            "the run"
         ) from exc
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot be read ({exc.strerror}). Fix: check the path") from exc
     except json.JSONDecodeError as exc:
         raise ReportError(
             f"{path}:{exc.lineno}: not valid JSON ({exc.msg}). Fix: give a qflow run report"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise ReportError(
+            f"{path}: not a text file ({exc.reason}). Fix: give a qflow run report"
+        ) from exc
     if not isinstance(data, dict) or "steps" not in data or "totals" not in data:
         raise ReportError(
             f"{path}: not a qflow run report (no 'steps'/'totals'). "
-            "Fix: give the qflow-report.json that 'qflow run' wrote"
+            f"Fix: give the {REPORT_NAME} that 'qflow run' wrote"
         )
     return data
 

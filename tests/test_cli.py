@@ -67,11 +67,24 @@ def test_run_then_report_table(tmp_path: Path):
     assert table.returncode == 0, table.stderr
     assert table.stdout.count("/loop/first") == 2 and "4 executions" in table.stdout
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    by_outdir = qflow_cli("report", str(tmp_path))  # the run's --outdir finds its report
+    assert by_outdir.returncode == 0 and by_outdir.stdout == table.stdout
+    bad_format = qflow_cli("report", str(report), "--plot", str(tmp_path / "t.nope"))
+    assert bad_format.returncode == 2 and "--plot" in bad_format.stderr
+    assert "Traceback" not in bad_format.stderr and not (tmp_path / "t.nope").exists()
 
 
 def test_report_refuses_what_is_not_a_report(tmp_path: Path):
     proc = qflow_cli("report", str(_write(tmp_path / "x.json", '{\n  "a": 1\n}')))
     assert proc.returncode == 2 and "not a qflow run report" in proc.stderr
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(b"\xd0\x00\xff")
+    bad = [(binary, "not a text file"), (tmp_path, "no such file"), (DATA / "fail.cwl", ":1: not")]
+    for path, says in bad:
+        proc = qflow_cli("report", str(path))
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr
+    proc = qflow_cli("report", str(binary), "--plot", str(tmp_path / "no" / "t.png"))
+    assert proc.returncode == 2 and f"directory {tmp_path / 'no'} does not exist" in proc.stderr
 
 
 def test_quiet_run_prints_only_the_output_object(tmp_path: Path):
