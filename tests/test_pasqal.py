@@ -72,6 +72,20 @@ def make(**keys: Any) -> PasqalConnector:
     return PasqalConnector("atoms", PasqalConfig(connector="pasqal", **keys))
 
 
+def cloud_connector(**keys: Any) -> PasqalConnector:
+    """Cloud mode on FRESNEL, its password read from ``QFLOW_TEST_PASQAL_PW``."""
+    cfg = PasqalConfig(
+        connector="pasqal",
+        mode="cloud",
+        device="FRESNEL",
+        username="me@example.org",
+        password="${env:QFLOW_TEST_PASQAL_PW}",
+        project_id="p-1",
+        **keys,
+    )
+    return PasqalConnector("cloud-atoms", cfg)
+
+
 def test_registered() -> None:
     assert connector_class("pasqal") is PasqalConnector
 
@@ -252,17 +266,7 @@ async def test_cloud_mode_with_a_stand_in_client(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(pasqal_cloud_client, "PasqalCloudClient", StandInClient)
     monkeypatch.setenv("QFLOW_TEST_PASQAL_PW", StandInClient.password)
-    cfg = PasqalConfig(
-        connector="pasqal",
-        mode="cloud",
-        device="FRESNEL",
-        emulator="EMU_MPS",
-        username="me@example.org",
-        password="${env:QFLOW_TEST_PASQAL_PW}",
-        project_id="p-1",
-        poll_interval=0.01,
-    )
-    connector = PasqalConnector("cloud-atoms", cfg)
+    connector = cloud_connector(emulator="EMU_MPS", poll_interval=0.01)
     await connector.start()
     try:
         weights = [1.0, 1.0, 1.0, 1.0, 2.0]  # variable 4 alone (-2) beats variable 0 alone
@@ -291,16 +295,8 @@ async def test_cloud_password_never_in_errors(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(pasqal_cloud_client, "PasqalCloudClient", Refusing)
     monkeypatch.setenv("QFLOW_TEST_PASQAL_PW", password)
-    cfg = PasqalConfig(
-        connector="pasqal",
-        mode="cloud",
-        device="FRESNEL",
-        username="me@example.org",
-        password="${env:QFLOW_TEST_PASQAL_PW}",
-        project_id="p-1",
-    )
     with pytest.raises(RuntimeError) as caught:
-        await PasqalConnector("cloud-atoms", cfg).start()
+        await cloud_connector().start()
     assert password not in str(caught.value) and "***" in str(caught.value)
     assert "PermissionError" in str(caught.value)
 
@@ -344,16 +340,7 @@ async def test_stopping_the_connector_cancels_a_running_batch(
 
     monkeypatch.setattr(pasqal_cloud_client, "PasqalCloudClient", NeverDone)
     monkeypatch.setenv("QFLOW_TEST_PASQAL_PW", StandInClient.password)
-    cfg = PasqalConfig(
-        connector="pasqal",
-        mode="cloud",
-        device="FRESNEL",
-        username="me@example.org",
-        password="${env:QFLOW_TEST_PASQAL_PW}",
-        project_id="p-1",
-        poll_interval=0.01,
-    )
-    connector = PasqalConnector("cloud-atoms", cfg)
+    connector = cloud_connector(poll_interval=0.01)
     await connector.start()
     task_id = await connector.task_start(PATH5, "long")
     while not clients[0].batches:

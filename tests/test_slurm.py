@@ -93,6 +93,13 @@ def process_alive(marker: str) -> bool:
     return any(marker in line and not line.startswith("Z") for line in out.splitlines())
 
 
+def assert_cancelled(cluster: Any, jobid: str, marker: str) -> None:
+    """Slurm ended ``jobid`` as CANCELLED and the step's process (``marker``) is gone."""
+    state = cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
+    assert state.strip() == "CANCELLED"
+    assert not process_alive(marker)
+
+
 def batch_flag(cluster: Any, jobid: str) -> str:
     """``1`` for a batch job (sbatch), ``0`` for an allocation (salloc), from the controller."""
     shown = cluster.run("scontrol", "show", "job", "--oneliner", jobid)
@@ -360,9 +367,7 @@ def test_asyncio_cancel_scancels_the_running_job(
 
     jobid, active_after_cancel = asyncio.run(main())
     assert active_after_cancel == []
-    state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
-    assert state.strip() == "CANCELLED"
-    assert not process_alive(marker)
+    assert_cancelled(slurm_cluster, jobid, marker)
 
 
 def test_asyncio_cancel_of_a_pending_job(slurm_cluster: Any, tmp_path: Path) -> None:
@@ -746,9 +751,7 @@ def test_login_mode_cancel_and_bad_key(
 
     jobid, active_after_cancel = asyncio.run(main())
     assert active_after_cancel == []
-    state = slurm_cluster.run("squeue", "-h", "--states=all", f"--jobs={jobid}", "-o", "%T")
-    assert state.strip() == "CANCELLED"
-    assert not process_alive(marker)
+    assert_cancelled(slurm_cluster, jobid, marker)
 
 
 def test_cancel_orphan_of_a_crashed_run(slurm_cluster: Any, tmp_path: Path) -> None:
