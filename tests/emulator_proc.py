@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,3 +52,25 @@ def emulator_stats(url: str, token: str) -> dict:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+def gateway_user_deployment(gateway_url: str, quantum_bindings: str, max_wait: float) -> str:
+    """deployment.yml of a gateway's user: this host + the gateway's QPU (token in
+    ``QFLOW_GATEWAY_ADMIN``); ``quantum_bindings`` is one binding line, e.g. ``/solve: qpu``."""
+    return (
+        textwrap.dedent(
+            f"""\
+        version: 1
+        locations:
+          local: {{connector: local, slots: 2}}
+          qpu:
+            connector: shared-qpu
+            gateway: {gateway_url}
+            gateway_token: ${{env:QFLOW_GATEWAY_ADMIN}}
+            max_wait: {max_wait}
+        bindings:
+          default: local
+        """
+        )
+        + f"  {quantum_bindings}\n"
+    )

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from emulator_proc import emulator_stats, serve
+from emulator_proc import emulator_stats, gateway_user_deployment, serve
 
 from conftest import DATA, REPO, deployment_from, run_in_process
 
@@ -288,21 +288,8 @@ def site_gateway(tmp_path: Path, qpu_url: str) -> Iterator[str]:
 
 
 def shared_deployment(gateway_url: str, max_wait: float, classical: bool):
-    return deployment_from(
-        f"""
-        version: 1
-        locations:
-          local: {{connector: local, slots: 2}}
-          qpu:
-            connector: shared-qpu
-            gateway: {gateway_url}
-            gateway_token: ${{env:QFLOW_GATEWAY_ADMIN}}
-            max_wait: {max_wait}
-        bindings:
-          default: local
-          /solve: {"[qpu, local]" if classical else "qpu"}
-        """
-    )
+    solve = "[qpu, local]" if classical else "qpu"
+    return deployment_from(gateway_user_deployment(gateway_url, f"/solve: {solve}", max_wait))
 
 
 @pytest.mark.parametrize("classical", [True, False], ids=["falls-back", "no-classical-candidate"])

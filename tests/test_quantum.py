@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from emulator_proc import emulator, emulator_stats, serve
+from emulator_proc import emulator, emulator_stats, gateway_user_deployment, serve
 
 from conftest import DATA, REPO, deployment_from, run_in_process
 
@@ -107,21 +107,7 @@ def test_two_clustering_workflows_share_one_qpu_through_a_gateway(tmp_path: Path
         with serve(gateway_args, env, "qflow gateway listening on") as gateway_url:
             client_side = tmp_path / "user.yml"
             client_side.write_text(
-                textwrap.dedent(
-                    f"""
-                    version: 1
-                    locations:
-                      local: {{connector: local, slots: 2}}
-                      qpu:
-                        connector: shared-qpu
-                        gateway: {gateway_url}
-                        gateway_token: ${{env:QFLOW_GATEWAY_ADMIN}}
-                        max_wait: 120
-                    bindings:
-                      default: local
-                      /loop/annealing: [qpu, local]
-                    """
-                )
+                gateway_user_deployment(gateway_url, "/loop/annealing: [qpu, local]", 120)
             )
             runs = [
                 subprocess.Popen(
