@@ -298,6 +298,8 @@ class HyperQueueConnector(Connector):
         self._own_workdir = False
         self._leftovers: dict[int, Path] = {}
         """Jobs whose control directory and server record await the task's end in HQ."""
+        self._watched: set[int] = set()
+        """Jobs whose ``run()`` still reads their control directory: never reaped."""
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -427,7 +429,11 @@ class HyperQueueConnector(Connector):
         except Exception as exc:  # noqa: BLE001 - best effort
             _logger.debug("status query for cleanup failed: %s", exc)
             return
-        done = [jid for jid in self._leftovers if status.get(jid, {}).get("completed")]
+        done = [
+            jid
+            for jid in self._leftovers
+            if jid not in self._watched and status.get(jid, {}).get("completed")
+        ]
         if not done:
             return
         with contextlib.suppress(Exception):
@@ -499,12 +505,15 @@ class HyperQueueConnector(Connector):
         forwarder = _Forwarder(
             capture if job.stdout_path is None or job.stderr_path is None else None
         )
+        self._watched.add(job_id)  # another step's _reap must not remove its exit file
         try:
             record = await self._wait(job_id, control, on_started, forwarder)
         except asyncio.CancelledError:
             await self._cancel(job_id, control)
             forwarder.pump(final=True)
             raise
+        finally:
+            self._watched.discard(job_id)
         forwarder.pump(final=True)
         outcome = self._outcome(job, job_id, record)
         await self._reap()

@@ -529,3 +529,26 @@ def test_finished_jobs_are_forgotten_and_cleaned_up(hq_server: HqServer, tmp_pat
     ids = [int(o.external_id or 0) for o in outcomes]
     assert hq_server.job_status(ids) == {}  # forgotten by the server
     assert list((tmp_path / "hq-control").iterdir()) == []  # control directories removed
+
+
+def test_a_step_ending_never_reaps_a_job_another_step_still_waits_for(
+    hq_server: HqServer, tmp_path: Path
+) -> None:
+    """Step A ends (and cleans up finished jobs) after B's task has ended but before B's
+    ``run()`` has read B's exit status: B's control directory must survive until then."""
+
+    async def body(connector: HyperQueueConnector) -> list[JobOutcome]:
+        # poll_interval 2 s: B checks at 0, 2, 4 s; its task ends at ~2.2 s; A, started at
+        # 1.5 s, reads its exit status at 3.5 s and reaps what the server says has ended.
+        b_spec = make_spec(tmp_path, ["sleep", "2"], name="b", stdout="b.txt")
+        b = asyncio.ensure_future(run_job(connector, b_spec))
+        await asyncio.sleep(1.5)
+        a = await run_job(connector, make_spec(tmp_path, ["true"], name="a"))
+        return [a[0], (await b)[0]]
+
+    a, b = with_connector(hq_server, tmp_path, body, poll_interval=2)
+    assert a.exit_code == 0, a
+    assert b.exit_code == 0 and b.message is None, b
+    ids = [int(o.external_id or 0) for o in (a, b)]
+    assert hq_server.job_status(ids) == {}  # both forgotten once read
+    assert list((tmp_path / "hq-control").iterdir()) == []
