@@ -349,13 +349,10 @@ def test_two_jobs_overlap_on_a_two_core_worker(hq_server: HqServer, tmp_path: Pa
         ]
         return await asyncio.gather(*(run_job(connector, j) for j in jobs))
 
-    t0 = time.monotonic()
     (a, _), (b, _) = with_connector(hq_server, tmp_path, body)
-    wall = time.monotonic() - t0
     assert a.exit_code == 0 and b.exit_code == 0
     assert a.external_id != b.external_id
     assert a.started < b.ended and b.started < a.ended  # the two commands ran at once
-    assert wall < 1.9
 
 
 def test_event_loop_stays_responsive(hq_server: HqServer, tmp_path: Path) -> None:
