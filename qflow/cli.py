@@ -153,9 +153,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from qflow.report_table import ReportError, load_report, print_report
 
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+    plot_dir = Path(args.plot).resolve().parent if args.plot else None
+    if plot_dir is not None and not plot_dir.is_dir():
         return _fail(
-            f"--plot {args.plot}: directory {Path(args.plot).resolve().parent} does not exist. "
+            f"--plot {args.plot}: directory {plot_dir} does not exist. "
             "Fix: create it or give another path"
         )
     try:
