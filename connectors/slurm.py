@@ -95,9 +95,9 @@ _logger = logging.getLogger("qflow.connectors.slurm")
 _T = TypeVar("_T")
 
 CANCEL_WAIT_S = 30.0
+"""Longest wait, after ``scancel``, for Slurm to report the job ended."""
 SETTLE_S = 2.0
 """How long a step whose srun died waits for Slurm to show why (its allocation's state)."""
-"""Longest wait, after ``scancel``, for Slurm to report the job ended."""
 COMMAND_TIMEOUT_S = 60.0
 """Longest wait for one Slurm command (``sbatch``, ``squeue``, ...)."""
 SUBMIT_CONCURRENCY = 8
