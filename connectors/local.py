@@ -18,9 +18,13 @@ import time
 from typing import IO, Any
 
 from qflow.connector import Connector, JobOutcome, JobSpec, JobStartedCallback
+from qflow.rundir.journal import Resource
 
 KILL_GRACE_S = 2.0
 """Time a process group gets between SIGTERM and SIGKILL."""
+EXECUTION_TAG = "QFLOW_EXECUTION_ID"
+"""Set in every local step's environment to its execution id: after a crash, its processes
+are found by it even if the crash came before their pid was journalled."""
 
 
 def _open_redirections(job: JobSpec) -> tuple[Any, Any, Any]:
@@ -72,18 +76,58 @@ async def terminate_group(proc: subprocess.Popen[bytes]) -> None:
     kill_process_group(proc.pid, signal.SIGKILL)
 
 
+def tagged_process_groups(execution_id: str) -> set[int]:
+    """Process groups with a process whose environment carries ``execution_id``'s tag."""
+    needle = f"\0{EXECUTION_TAG}={execution_id}\0".encode()
+    groups: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                if needle in b"\0" + environ.read() + b"\0":
+                    groups.add(os.getpgid(int(entry.name)))
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile, or not ours to read
+    return groups
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def end_process_groups(groups: set[int]) -> None:
+    """SIGTERM groups that are not our children, SIGKILL what outlives the grace period."""
+    for pgid in groups:
+        kill_process_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_S
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for pgid in groups:
+        kill_process_group(pgid, signal.SIGKILL)
+
+
 class LocalConnector(Connector):
     """Runs step commands on the orchestrator host."""
 
-    async def cancel_orphan(self, external_id: str) -> None:
-        """Kill the process group a crashed run left, if that pid still leads its session."""
-        pid = int(external_id)
-        try:
-            if os.getsid(pid) != pid:
-                return  # the pid was reused by an unrelated process
-        except ProcessLookupError:
-            return
-        kill_process_group(pid, signal.SIGTERM)
+    outlives_host = False
+
+    async def cancel_orphan(self, resource: Resource) -> None:
+        """End the process groups a crashed run left: by pid if it still leads its session,
+        and every group whose processes carry the execution's tag."""
+        groups = tagged_process_groups(resource.id)
+        if resource.external_id and resource.external_id.isdigit():
+            pid = int(resource.external_id)
+            with contextlib.suppress(ProcessLookupError):
+                if os.getsid(pid) == pid:  # else the pid was reused by an unrelated process
+                    groups.add(pid)
+        await end_process_groups(groups)
 
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         stdin, stdout, stderr = _open_redirections(job)
@@ -93,7 +137,7 @@ class LocalConnector(Connector):
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,
-                env=job.env,
+                env={**job.env, EXECUTION_TAG: job.execution_id} if job.execution_id else job.env,
                 cwd=job.cwd,
                 close_fds=True,
                 start_new_session=True,

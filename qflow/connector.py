@@ -21,6 +21,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from qflow.rundir.journal import NO_JOURNAL, Journal, Resource
+
 ENTRY_POINT_GROUP = "qflow.connectors"
 
 
@@ -111,6 +113,10 @@ class JobSpec:
     resources: Resources
     allocation: str | None = None
     """Allocation strategy the step's binding sets (``bindings``); None: the location's."""
+    execution_id: str = ""
+    """Unique in the run directory, journalled before :meth:`Connector.run` is called: a
+    connector that names its job after it (a Slurm job name, an environment tag) lets a
+    crashed run's clean-up find the job even if it never learnt the job's own id."""
 
 
 @dataclasses.dataclass
@@ -156,6 +162,9 @@ class Connector(abc.ABC):
     """The location keys this connector accepts (a pydantic model, extra keys forbidden)."""
     quantum: ClassVar[bool] = False
     """True for connectors whose locations are QPUs (reported as ``quantum`` per step)."""
+    outlives_host: ClassVar[bool] = True
+    """Whether its jobs can outlive this host's processes (a batch job can, a local process
+    cannot): their journal records are then fsync'd, not only written."""
 
     def __init__(self, location: str, config: LocationConfig) -> None:
         self.location = location
@@ -164,6 +173,11 @@ class Connector(abc.ABC):
         """The run's allocation strategy for this location (set by the engine before start)."""
         self.report_allocation: Callable[[AllocationRecord], None] | None = None
         """Where a connector that keeps allocations reports them (set by the engine)."""
+        self.journal: Journal = NO_JOURNAL
+        """The run's journal (set by the engine before start). Every step execution is
+        journalled by the engine (kind ``execution``, id ``JobSpec.execution_id``); a
+        connector records what it holds beyond one execution (an allocation kept across
+        steps) with ``journal.intend`` before creating it and ``journal.ended`` once gone."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare the location (open sessions, check reachability); called once per run."""
@@ -175,10 +189,14 @@ class Connector(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release whatever :meth:`start` acquired; called once at the end of a run."""
 
-    async def cancel_orphan(self, external_id: str) -> None:  # noqa: B027 - optional hook
-        """Cancel a job that a crashed qflow run left behind (its id from inflight.jsonl).
+    async def cancel_orphan(self, resource: Resource) -> None:  # noqa: B027 - optional hook
+        """End a resource a crashed qflow run recorded in its journal and never saw end.
 
-        Called by ``qflow run --resume`` before anything else; a job already gone is fine.
+        ``resource`` is an ``execution`` of this location (``resource.id`` was the job's
+        ``JobSpec.execution_id``; ``external_id`` is what ``on_started`` reported, None if the
+        crash came first) or a resource this connector journalled itself. Called by
+        ``qflow run --resume`` and ``qflow clean`` before anything else; return once it is
+        gone (a resource already gone is fine), raise if it could not be ended.
         """
 
     @abc.abstractmethod

@@ -1,0 +1,1 @@
+"""The run directory: lock, write-ahead journal of external resources, state for resume."""
