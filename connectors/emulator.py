@@ -16,6 +16,7 @@ from pydantic import Field
 from qflow.connectors.rest import RestQpuConnector
 from qflow.emulator import BACKENDS, DEFAULT_BACKEND, start_emulator, stop_emulator
 from qflow.quantum import QuantumLocationConfig
+from qflow.rundir.journal import Resource
 from qflow.secrets import register_secret
 
 Backend = Literal[tuple(BACKENDS)]  # type: ignore[valid-type]
@@ -57,6 +58,9 @@ class EmulatorConnector(RestQpuConnector):
         )
         self.cfg = RestQpuConnector.Config.model_construct(url=url, token="")
         await self._open(token)
+
+    async def cancel_orphan(self, resource: Resource) -> None:
+        """Nothing to stop: the emulator and its tasks lived in the crashed process."""
 
     async def stop(self) -> None:
         await super().stop()

@@ -234,12 +234,17 @@ class RestQpuConnector(QuantumConnector):
                 f"GET {self.cfg.url}/v1/status: unexpected answer (online must be true/false, "
                 f"capacity/running/pending integers): {_excerpt(json.dumps(data).encode())}",
             )
+        task_seconds = data.get("task_seconds")
+        backend = (data.get("backends") or {}).get(self.cfg.backend or "")
+        if isinstance(backend, dict) and "scaled_latency_s" in backend:  # the emulator's
+            task_seconds = backend["scaled_latency_s"]  # the backend this location asks for
         return QpuStatus(
             online=online,
             capacity=counts[0],
             running=counts[1],
             pending=counts[2],
             detail="" if done is None else f"{done} tasks completed",
+            task_seconds=_float(task_seconds) if task_seconds is not None else None,
         )
 
     async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
@@ -276,6 +281,13 @@ class RestQpuConnector(QuantumConnector):
 
     async def task_stop(self, task_id: str) -> None:
         await self._call("POST", f"/tasks/{_quote(task_id)}/cancel")
+
+    async def task_lookup(self, idempotency_key: str) -> str | None:
+        data = await self._object("GET", f"/tasks?idempotency_key={quote(idempotency_key)}")
+        tasks = data.get("tasks")
+        if isinstance(tasks, list) and tasks and isinstance(tasks[0], dict):
+            return str(tasks[0].get("id")) if tasks[0].get("id") else None
+        return None
 
     async def task_logs(self, task_id: str) -> str:
         data = await self._call("GET", f"/tasks/{_quote(task_id)}/logs")

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -66,6 +66,11 @@ class LocationConfig(BaseModel):
         default=0,
         ge=0,
         description="How many times a failed step execution is resubmitted on this location.",
+    )
+    placement: Literal["first", "earliest-finish"] | None = Field(
+        default=None,
+        description="Placement rule of the steps whose binding lists this location first "
+        "(overrides policy.placement; a binding's own `placement` overrides it).",
     )
 
     def allocation_problem(self, strategy: str) -> tuple[str, str] | None:

@@ -13,11 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qflow import __version__
 from qflow.connector import AllocationRecord
 from qflow.secrets import redact
+
+if TYPE_CHECKING:
+    from qflow.placement import Placement
 
 StepStatus = Literal["queued", "running", "success", "failed", "cancelled", "reused"]
 RunStatus = Literal["success", "failed", "cancelled"]
@@ -44,6 +47,11 @@ class StepRecord:
     status: StepStatus = "queued"
     message: str | None = None
     """Why it failed or was retried (not in the contract's required fields; extra)."""
+    placement_reason: str | None = None
+    """Why placement chose this location (the rule and what it saw; extra)."""
+    estimate: dict[str, float] | None = None
+    """Earliest-finish placement: expected seconds from submission to the end, for every
+    candidate it weighed (the chosen one is ``location``; extra)."""
 
     def as_report(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,24 +110,25 @@ class Ledger:
                     "progress display failed and was switched off", exc_info=True
                 )
 
-    def submitted(self, step: str, iteration: int | None) -> StepRecord:
-        record = StepRecord(step=step, iteration=iteration, submitted=time.time())
+    def submitted(
+        self, step: str, iteration: int | None, when: float | None = None
+    ) -> StepRecord:
+        """A new execution, waiting since ``when`` (its placement request; default now)."""
+        record = StepRecord(step=step, iteration=iteration, submitted=when or time.time())
         with self._lock:
             self._records.append(record)
         self._emit("submitted", record)
         return record
 
     def placed(
-        self,
-        record: StepRecord,
-        location: str,
-        connector: str,
-        quantum: bool,
-        fallback_reason: str | None = None,
+        self, record: StepRecord, placement: Placement, connector: str, quantum: bool
     ) -> None:
-        record.location, record.connector, record.quantum = location, connector, quantum
-        record.fallback = fallback_reason is not None
-        record.fallback_reason = fallback_reason
+        """Where the execution runs, and why (see :class:`~qflow.placement.Placement`)."""
+        record.location, record.connector, record.quantum = placement.location, connector, quantum
+        record.fallback = placement.fallback_reason is not None
+        record.fallback_reason = placement.fallback_reason
+        record.placement_reason = placement.reason or None
+        record.estimate = dict(placement.estimates) if placement.estimates else None
 
     def started(self, record: StepRecord, external_id: str | None) -> None:
         record.started = time.time()
@@ -136,6 +145,7 @@ class Ledger:
         ended: float | None = None,
         nodes: int | None = None,
         node_seconds: float | None = None,
+        qpu_seconds: float | None = None,
         external_id: str | None = None,
         message: str | None = None,
     ) -> None:
@@ -150,6 +160,8 @@ class Ledger:
         if node_seconds is None:
             node_seconds = record.nodes * max(0.0, record.ended - record.started)
         record.node_seconds = node_seconds
+        if qpu_seconds is not None:
+            record.qpu_seconds = qpu_seconds
         record.external_id = external_id or record.external_id
         record.message = message
         record.status = status

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from qflow.connector import LocationConfig
+from qflow.rundir.journal import Resource
 
 TaskState = Literal["queued", "running", "completed", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -70,6 +71,9 @@ class QpuStatus:
     running: int = 0
     pending: int = 0
     detail: str = ""
+    task_seconds: float | None = None
+    """How long one task occupies the QPU, as the QPU itself estimates it (None: it does not
+    say). Placement by earliest finish uses it until qflow has measured the QPU."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +143,23 @@ class QuantumConnector(abc.ABC):
 
     async def task_logs(self, task_id: str) -> str:
         return ""
+
+    async def task_lookup(self, idempotency_key: str) -> str | None:
+        """The id of the task submitted with ``idempotency_key``, if the QPU knows one.
+
+        Lets a crashed run's clean-up stop a task whose submission it never saw answered.
+        Vendors that cannot look tasks up by key keep the default (None).
+        """
+        return None
+
+    async def cancel_orphan(self, resource: Resource) -> None:
+        """Stop a task a crashed qflow run journalled (kind ``qpu-task``) and never saw end:
+        by its id, else by the idempotency key it was submitted with."""
+        task_id = resource.external_id or await self.task_lookup(
+            str(resource.handle.get("idempotency_key", ""))
+        )
+        if task_id is not None:
+            await self.task_stop(task_id)
 
     async def target(self) -> dict[str, Any]:
         """Description of the backend (qubits, topology, ...) as the vendor gives it."""

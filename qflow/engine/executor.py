@@ -11,6 +11,7 @@ calls cwltool's callback) on this thread, which holds ``workflow_eval_lock`` thr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cwltool.context import RuntimeContext
@@ -18,9 +19,11 @@ from cwltool.errors import WorkflowException
 from cwltool.executors import JobExecutor
 from cwltool.process import Process
 
-from qflow.deployment import EMBEDDED_SOURCE
 from qflow.engine.dispatcher import Completion, Dispatcher
+from qflow.engine.inputs import job_order_problems
 from qflow.engine.tools import step_paths
+
+_cwltool_logger = logging.getLogger("cwltool")
 
 
 class BadInputError(WorkflowException):
@@ -28,15 +31,51 @@ class BadInputError(WorkflowException):
 
 
 class QflowExecutor(JobExecutor):
-    """Submits every CommandLineTool job to the dispatcher and waits only when it must."""
+    """Submits every CommandLineTool job to the dispatcher and waits only when it must.
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    Before cwltool creates any directory, the workflow's steps are checked against the
+    deployment and the job order against the workflow's inputs; only then ``on_validated``
+    (the run directory is taken) runs and the workflow starts.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        job_source: str | None = None,
+        on_validated: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
         self.dispatcher = dispatcher
+        self.job_source = job_source
+        """The job order file, for messages (None: the workflow's defaults and arguments)."""
+        self.on_validated = on_validated
         self.started_running = False
-        """True once the workflow passed the binding check and jobs may be submitted."""
+        """True once all input was validated and jobs may be submitted."""
         self.bad_input: list[str] = []
         self.errors: list[str] = []
+
+    def execute(
+        self,
+        process: Process,
+        job_order_object: Any,
+        runtime_context: RuntimeContext,
+        logger: logging.Logger = _cwltool_logger,
+    ) -> tuple[Any, str]:
+        problems = self.dispatcher.deployment.check_steps(step_paths(process))
+        problems += job_order_problems(process, job_order_object, runtime_context,
+                                       self.job_source)  # fmt: skip
+        if problems:
+            self.bad_input = problems
+            raise BadInputError("\n".join(problems))
+        if self.on_validated is not None:
+            try:
+                self.on_validated()
+            except Exception as exc:  # the run directory refused us: nothing was started
+                self.bad_input = [str(exc)]
+                raise BadInputError(str(exc)) from None
+        self.started_running = True
+        return super().execute(process, job_order_object, runtime_context, logger)
 
     def run_jobs(
         self,
@@ -45,16 +84,6 @@ class QflowExecutor(JobExecutor):
         logger: logging.Logger,
         runtime_context: RuntimeContext,
     ) -> None:
-        paths = step_paths(process)
-        deployment = self.dispatcher.deployment
-        if deployment.source != EMBEDDED_SOURCE:  # the default serves every workflow: no noise
-            for warning in deployment.unused_bindings(paths):
-                logging.getLogger("qflow").warning("%s", warning)
-        problems = deployment.check_steps(paths)
-        if problems:
-            self.bad_input = problems
-            raise BadInputError("\n".join(problems))
-        self.started_running = True
         lock = runtime_context.workflow_eval_lock
         assert lock is not None
         runtime_context.qflow_dispatcher = self.dispatcher  # type: ignore[attr-defined]

@@ -23,8 +23,8 @@ from cwltool.job import CommandLineJob, relink_initialworkdir
 from cwltool.utils import bytes2str_in_dicts
 
 from qflow.connector import JobOutcome, JobSpec, Resources
-from qflow.engine.placement import Placement
 from qflow.engine.reuse import job_key, link_outputs
+from qflow.placement import Placement
 
 if TYPE_CHECKING:
     import subprocess
@@ -50,7 +50,7 @@ class ConnectorJob(CommandLineJob):
     iteration: int | None = None
     _reuse_key: str | None = None
     placement: Placement | None = None
-    """Set for steps placed before their job was built (steps bound to QPUs)."""
+    """Where it runs: decided before cwltool built the job (see qflow.placement)."""
 
     def _execute(
         self,
@@ -61,10 +61,12 @@ class ConnectorJob(CommandLineJob):
     ) -> None:
         dispatcher = runtimeContext.qflow_dispatcher  # type: ignore[attr-defined]
         self._runtime_context = runtimeContext
+        assert self.placement is not None, "placed before cwltool built the job"
         try:
             spec = self._job_spec(runtime, env, runtimeContext)
         except WorkflowException as err:
             _logger.error("[job %s] Job error:\n%s", self.name, err)
+            dispatcher.release_unused(self.placement)
             self._deliver({}, "permanentFail")
             return
         store = dispatcher.reuse
@@ -74,8 +76,7 @@ class ConnectorJob(CommandLineJob):
             if earlier is not None:  # finished before the run was interrupted: reuse it
                 link_outputs(earlier, self.outdir)
                 dispatcher.ledger.reused(self.step_path, self.iteration)
-                if self.placement is not None and self.placement.quantum:
-                    dispatcher.release_unused(self.placement)
+                dispatcher.release_unused(self.placement)
                 self.finish(JobOutcome(exit_code=0))
                 return
         dispatcher.submit(self, spec)

@@ -24,7 +24,7 @@ from cwltool.utils import visit_class
 if TYPE_CHECKING:
     from qflow.connector import JobSpec
     from qflow.engine.job import ConnectorJob
-    from qflow.engine.run_state import JsonLines
+    from qflow.rundir.state import JsonLines
 
 
 class ReuseStore:

@@ -2,8 +2,11 @@
 
 Used by both ``qflow run`` and ``qflow-cwl-runner``: cwltool parses its own options, loads and
 validates the document and the job order, and qflow supplies the process classes
-(:func:`~qflow.engine.tools.make_tool`) and the asynchronous executor. An interrupt
-(SIGINT/SIGTERM) cancels every in-flight step execution through its connector before exit.
+(:func:`~qflow.engine.tools.make_tool`) and the asynchronous executor. With a run directory
+(``qflow run``), nothing in it is touched before all input was validated; then it is locked,
+a resumed run ends what its crashed predecessor left alive, and the journal records every
+resource from then on. An interrupt (SIGINT/SIGTERM) cancels every in-flight step execution
+through its connector; a second one stops waiting for that, and the report is written anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
@@ -25,10 +29,13 @@ from cwltool.context import LoadingContext
 from qflow.deployment import Deployment
 from qflow.engine.dispatcher import Dispatcher
 from qflow.engine.executor import QflowExecutor
-from qflow.engine.run_state import RunState
+from qflow.engine.reuse import ReuseStore
 from qflow.engine.schema import install_schemas
 from qflow.engine.tools import make_tool
 from qflow.ledger import Ledger, RunStatus, write_report
+from qflow.placement.history import History, default_history_path
+from qflow.rundir.journal import NO_JOURNAL
+from qflow.rundir.state import Invocation, RunState
 from qflow.secrets import RedactingFilter
 
 _logger = logging.getLogger("qflow")
@@ -65,6 +72,21 @@ class RunResult:
     ledger: Ledger
 
 
+@dataclasses.dataclass
+class RunDirectory:
+    """``qflow run``'s run directory: its state, and a new invocation (None: resume)."""
+
+    state: RunState
+    invocation: Invocation | None
+
+
+def history_for(deployment: Deployment, workflow: str) -> History:
+    """The placement history of this site (``policy.history``; ``none``: this run only)."""
+    setting = deployment.policy.history
+    path = None if setting == "none" else Path(setting) if setting else default_history_path()
+    return History(path, Path(workflow).name)
+
+
 def run_cwl(
     cwltool_argv: list[str],
     deployment: Deployment,
@@ -73,8 +95,7 @@ def run_cwl(
     ledger: Ledger | None = None,
     stdout: IO[str] | None = None,
     bad_input_exit: bool = True,
-    state: RunState | None = None,
-    orphans: list[dict[str, Any]] | None = None,
+    rundir: RunDirectory | None = None,
 ) -> RunResult:
     """Run ``cwltool <cwltool_argv>`` with every CommandLineTool placed by ``deployment``.
 
@@ -87,17 +108,26 @@ def run_cwl(
         argv.insert(0, "--enable-ext")  # cwltool:Loop is always on
     args = arg_parser().parse_args(argv)
     workflow = args.workflow  # cwltool's main deletes it from args
+    job_source = args.job_order[0] if args.job_order and not args.job_order[0].startswith("-") \
+        else None  # fmt: skip
     loading_context = LoadingContext(vars(args))
     loading_context.construct_tool_object = make_tool
     ledger = ledger or Ledger()
+    state = rundir.state if rundir else None
     if state is not None:
-        ledger.subscribe(state.on_event)
-    dispatcher = Dispatcher(deployment, ledger)
-    if state is not None:
-        dispatcher.reuse = state.reuse_store()
-    if orphans:
-        dispatcher.cancel_orphans(orphans)
-    executor = QflowExecutor(dispatcher)
+        ledger.subscribe(state_listener(state))
+    dispatcher = Dispatcher(
+        deployment,
+        ledger,
+        state.journal if state else NO_JOURNAL,
+        history_for(deployment, workflow),
+    )
+
+    def take_run_directory() -> None:
+        if rundir is not None:
+            _take(rundir, dispatcher, ledger)
+
+    executor = QflowExecutor(dispatcher, job_source=job_source, on_validated=take_run_directory)
     log_handler = logging.StreamHandler(sys.stderr)  # plain, instead of cwltool's coloredlogs
     log_handler.addFilter(RedactingFilter())
     cwltool_logger = logging.getLogger("cwltool")
@@ -117,21 +147,19 @@ def run_cwl(
                     custom_schema_callback=install_schemas,
                 )
                 status = "success" if code == 0 else "failed"
-            except KeyboardInterrupt:
-                _logger.warning("interrupted: cancelling every running step")
-                dispatcher.cancel_all()
-                code, status = EXIT_SIGINT, "cancelled"
-            except Terminated:
-                _logger.warning("terminated: cancelling every running step")
-                dispatcher.cancel_all()
-                code, status = EXIT_SIGTERM, "cancelled"
+            except (KeyboardInterrupt, Terminated) as exc:
+                code = EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else EXIT_SIGTERM
+                status = "cancelled"
+                _cancel(dispatcher, "interrupted" if code == EXIT_SIGINT else "terminated")
     finally:
-        dispatcher.close()
+        with _second_interrupt_stops_waiting("stopping"):
+            dispatcher.close()
         cwltool_logger.removeHandler(log_handler)
         cwltool_logger.propagate = True
     if not executor.started_running and status != "cancelled":
         # Everything cwltool refused before the executor ran (CWL syntax, job order,
-        # unsupported requirements) and unbound steps: bad input, nothing was submitted.
+        # unsupported requirements), unbound steps, a busy run directory: bad input,
+        # nothing was submitted, nothing written.
         if code and (bad_input_exit or executor.bad_input):
             code = EXIT_BAD_INPUT
         return RunResult(code, None, None, ledger)
@@ -146,4 +174,49 @@ def run_cwl(
     )
     if report_path:
         write_report(report, report_path)
+    if state is not None:
+        state.finish(status)
     return RunResult(code, status, report, ledger)
+
+
+def state_listener(state: RunState) -> Any:
+    """Appends every ended execution to the run directory's records (survives a crash)."""
+
+    def on_event(event: str, record: Any) -> None:
+        if event == "ended":
+            state.records.append(record.as_report())
+
+    return on_event
+
+
+def _take(rundir: RunDirectory, dispatcher: Dispatcher, ledger: Ledger) -> None:
+    """All input is valid: lock the run directory; a resume ends what the crashed run left."""
+    state = rundir.state
+    leftovers = state.previous().alive if rundir.invocation is None else []
+    state.begin(rundir.invocation)
+    if rundir.invocation is None:
+        ended, failed = dispatcher.end_leftovers(leftovers)
+        for line in ended:
+            _logger.warning("ended what the interrupted run left: %s", line)
+        for line in failed:
+            _logger.warning("could not end what the interrupted run left: %s (`qflow clean "
+                            "%s` tries again)", line, state.rundir)  # fmt: skip
+        ledger.remember(state.previous_records())
+    dispatcher.reuse = ReuseStore(state.reuse_log)
+
+
+def _cancel(dispatcher: Dispatcher, what: str) -> None:
+    _logger.warning("%s: cancelling every running step (interrupt again to stop waiting)", what)
+    with _second_interrupt_stops_waiting("cancelling"):
+        dispatcher.cancel_all()
+
+
+@contextmanager
+def _second_interrupt_stops_waiting(doing: str) -> Iterator[None]:
+    """A second Ctrl-C (or SIGTERM) while qflow waits for connectors stops the wait: what
+    is not ended yet stays in the journal for ``qflow clean``; the report is still written."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated):
+        _logger.warning("interrupted again while %s: not waiting any more; `qflow clean` "
+                        "ends whatever is left", doing)  # fmt: skip

@@ -28,8 +28,8 @@ from cwltool.workflow import Workflow, default_make_tool
 from cwltool.workflow_job import WorkflowJob, WorkflowJobStep
 
 from qflow.engine.job import ConnectorJob
-from qflow.engine.placement import Placement
 from qflow.engine.schema import QUANTUM_CANDIDATE
+from qflow.placement import Placement
 
 STEP_PATH_ATTR = "qflow_step_path"
 ITERATION_ATTR = "qflow_iteration"
@@ -62,12 +62,12 @@ class QflowCommandLineTool(CommandLineTool):
         path = step_path_of(runtimeContext, self)
         iteration = getattr(runtimeContext, ITERATION_ATTR, None)
         dispatcher = getattr(runtimeContext, "qflow_dispatcher", None)
-        if dispatcher is None or not dispatcher.places_early(path):
+        if dispatcher is None:  # cwltool without qflow's executor (loading, validation)
             yield from _tagged(self, job_order, output_callbacks, runtimeContext, path, iteration)
             return
-        # Steps that may go to a QPU: place first, then build the job of the implementation
-        # the placement calls for. Yielding None tells cwltool "not ready, poll me later".
-        placement = yield from _await(dispatcher.request_placement(path))
+        # Placed first, then the job of the implementation the placement calls for is built.
+        # Yielding None tells cwltool "not ready, poll me later".
+        placement = yield from _await(dispatcher.place(path, iteration))
         if placement is None:
             output_callbacks({}, "permanentFail")
             return
@@ -85,12 +85,15 @@ class QflowCommandLineTool(CommandLineTool):
             )
             while not result:
                 yield None
-            if result["status"] == "success" or not dispatcher.has_classical_candidate(path):
+            if result["status"] == "success" or not dispatcher.placer.has_classical_candidate(
+                path
+            ):
                 output_callbacks(result["out"], result["status"])
                 return
-            reason = f"the quantum execution on {placement.location} failed"
+            reason = dispatcher.failure_of(placement)
+            logging.getLogger("qflow").warning("%s: %s; falling back", path, reason)
             placement = yield from _await(
-                dispatcher.request_placement(path, fallback_reason=reason)
+                dispatcher.place(path, iteration, fallback_reason=reason)
             )
             if placement is None:
                 output_callbacks(result["out"], result["status"])
@@ -137,19 +140,26 @@ def _tagged(
     iteration: int | None,
     placement: Placement | None = None,
 ) -> Iterator[Any]:
-    """cwltool's own job generator for ``tool``, each job tagged with where it belongs."""
-    for job in CommandLineTool.job(tool, job_order, output_callbacks, runtime_context):
-        if isinstance(job, ConnectorJob):
-            job.step_path = path
-            job.iteration = iteration
-            job.placement = placement
-        elif isinstance(job, CallbackJob):  # cwltool --cachedir hit (qflow-cwl-runner)
-            dispatcher = getattr(runtime_context, "qflow_dispatcher", None)
-            if dispatcher is not None:
+    """cwltool's own job generator for ``tool``, each job tagged with where it belongs.
+
+    A placement no job takes over (cwltool failed before building one, or found it in its
+    cache) is given back.
+    """
+    dispatcher = getattr(runtime_context, "qflow_dispatcher", None)
+    handed_over = False
+    try:
+        for job in CommandLineTool.job(tool, job_order, output_callbacks, runtime_context):
+            if isinstance(job, ConnectorJob):
+                job.step_path = path
+                job.iteration = iteration
+                job.placement = placement
+                handed_over = True
+            elif isinstance(job, CallbackJob) and dispatcher is not None:  # --cachedir hit
                 dispatcher.ledger.reused(path, iteration)
-                if placement is not None and placement.quantum:
-                    dispatcher.release_unused(placement)  # nothing will run on the QPU
-        yield job
+            yield job
+    finally:
+        if placement is not None and not handed_over and dispatcher is not None:
+            dispatcher.release_unused(placement)
 
 
 def _check_same_interface(classical: Process, quantum: Process) -> None:

@@ -95,6 +95,7 @@ class RunState:
         self.reuse_log = JsonLines(self.dir / "reuse.jsonl")
         self.journal = Journal(self.dir / JOURNAL_NAME)
         self._lock = RunLock(self.dir / LOCK_NAME)
+        self._begun = False
 
     # -- looking (reads only) ----------------------------------------------------------------
     def holder(self) -> str | None:
@@ -133,6 +134,13 @@ class RunState:
                 "--outdir of a qflow run, or start a new run in another directory"
             ) from None
 
+    def new_directories(self) -> list[Path]:
+        """The directories a run would create here that do not exist yet (deepest last):
+        cwltool makes its prefixes' directories while it loads, before qflow validated the
+        input, so a run refused for bad input removes them again."""
+        wanted = [self.rundir, self.dir, self.dir / "steps", self.dir / "tmp"]
+        return [path for path in wanted if not path.exists()]
+
     def previous_records(self) -> list[dict[str, Any]]:
         """The ended executions of the run(s) being resumed."""
         return self.records.read()
@@ -145,8 +153,10 @@ class RunState:
         Raises :class:`~qflow.rundir.lock.RunDirectoryBusy` if another process holds it.
         """
         self._lock.acquire()
+        self._begun = True
         if invocation is not None:
-            shutil.rmtree(self.dir / "steps", ignore_errors=True)
+            for entry in (self.dir / "steps").glob("*"):  # (cwltool made the directory itself)
+                shutil.rmtree(entry, ignore_errors=True)
             tmp = self.invocation_file.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(dataclasses.asdict(invocation)), encoding="utf-8")
             tmp.replace(self.invocation_file)
@@ -158,6 +168,9 @@ class RunState:
     def finish(self, status: str) -> None:
         """End this process's work and let the lock go. Whatever it could not release stays
         alive in the journal: the directory then reads as crashed, for ``qflow clean``."""
+        if not self._begun:
+            return
+        self._begun = False
         self.journal.end_session(status)
         self.journal.close()
         self.records.close()

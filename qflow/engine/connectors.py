@@ -1,0 +1,66 @@
+"""The execution connectors of a run: created and started on first use, stopped at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from qflow.connector import AllocationRecord, Connector, LocationConfig, connector_class
+from qflow.connectors.local import LocalConnector
+from qflow.placement import HOST
+from qflow.rundir.journal import NO_JOURNAL, Journal
+
+if TYPE_CHECKING:
+    from qflow.deployment import Deployment
+
+_logger = logging.getLogger("qflow")
+
+
+class ConnectorPool:
+    """One connector per classical location (and one for QPU clients on this host)."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        journal: Journal = NO_JOURNAL,
+        report_allocation: Callable[[AllocationRecord], None] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.journal = journal
+        self.report_allocation = report_allocation
+        self._connectors: dict[str, Connector] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, location: str) -> Connector:
+        """The location's connector (:data:`~qflow.placement.HOST`: this host's), started
+        once."""
+        lock = self._locks.setdefault(location, asyncio.Lock())
+        async with lock:
+            if location not in self._connectors:
+                connector = self._create(location)
+                connector.journal = self.journal
+                connector.allocation_policy = self.deployment.policy.allocation
+                connector.report_allocation = self.report_allocation
+                await connector.start()
+                self._connectors[location] = connector
+            return self._connectors[location]
+
+    def _create(self, location: str) -> Connector:
+        if location == HOST:
+            return LocalConnector(HOST, LocationConfig(connector="local"))
+        config = self.deployment.locations[location]
+        return connector_class(config.connector)(location, config)  # type: ignore[no-any-return]
+
+    def started(self) -> list[Connector]:
+        return list(self._connectors.values())
+
+    async def stop(self) -> None:
+        results = await asyncio.gather(
+            *(c.stop() for c in self._connectors.values()), return_exceptions=True
+        )
+        for connector, result in zip(self._connectors.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                _logger.warning("stopping %s: %s", connector.location, result)
+        self._connectors.clear()
