@@ -480,6 +480,10 @@ class QpuEmulator:
             raise BadTask(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         return kind, backend, KINDS[kind](params, backend)
 
+    def with_key(self, key: str) -> list[Task]:
+        """The task submitted with idempotency key ``key`` ([] if none was)."""
+        return [self._by_key[key]] if key in self._by_key else []
+
     def get(self, task_id: str) -> Task:
         task = self.tasks.get(task_id)
         if task is None:
@@ -606,6 +610,7 @@ class QpuEmulator:
             "pending": len(self._pending),
             "default_backend": self.backend,
             "time_scale": self.time_scale,
+            "task_seconds": BACKENDS[self.backend].latency_s * self.time_scale,
             "kinds": sorted(KINDS),
             "backends": {
                 b.name: {
@@ -735,6 +740,14 @@ async def _h_task(request: web.Request) -> web.Response:
     return web.json_response(qpu.describe(qpu.get(request.match_info["id"])))
 
 
+async def _h_tasks(request: web.Request) -> web.Response:
+    """Every task the QPU knows (``?idempotency_key=K``: the one submitted with K, if any)."""
+    qpu = _qpu(request)
+    key = request.query.get("idempotency_key")
+    tasks = qpu.tasks.values() if key is None else qpu.with_key(key)
+    return web.json_response({"tasks": [qpu.describe(t) for t in tasks]})
+
+
 async def _h_result(request: web.Request) -> web.Response:
     task = _qpu(request).get(request.match_info["id"])
     if task.state != "completed" or task.result is None:
@@ -798,6 +811,7 @@ def create_app(token: str, emulator: QpuEmulator) -> web.Application:
     app.add_routes(
         [
             web.post("/v1/tasks", _h_submit),
+            web.get("/v1/tasks", _h_tasks),
             web.get("/v1/tasks/{id}", _h_task),
             web.get("/v1/tasks/{id}/result", _h_result),
             web.post("/v1/tasks/{id}/cancel", _h_cancel),
@@ -889,6 +903,19 @@ def serve(
     asyncio.run(run())
 
 
+def port_number(text: str) -> int:
+    """argparse ``type`` of ``--port``: a bad port is a usage error, before anything binds."""
+    try:
+        port: int | None = int(text)
+    except ValueError:
+        port = None
+    if port is None or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"invalid port {text!r}: give an integer from 0 to 65535 (0 picks a free port)"
+        )
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qflow emulator",
@@ -896,7 +923,7 @@ def _parser() -> argparse.ArgumentParser:
         "under /v1 with a mandatory bearer token.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
+    parser.add_argument("--port", type=port_number, default=0, help="port; 0 picks a free one")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument(
         "--token", help=f"bearer token (visible in ps: prefer --token-file or ${TOKEN_ENV})"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import hmac
 import logging
@@ -32,13 +33,89 @@ from typing import Any
 
 from aiohttp import web
 
-from qflow.quantum import FINAL_STATES, QuantumConnector, TaskInfo
+from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, TaskInfo
+from qflow.rundir.journal import NO_JOURNAL, Journal, Resource
 
 _logger = logging.getLogger("qflow.gateway")
 
 
 class LeaseRefused(Exception):
     """No slot for the step: the reason says why (offline, unreachable, busy too long)."""
+
+    def __init__(self, reason: str, *, busy: bool = False) -> None:
+        super().__init__(reason)
+        self.busy = busy
+        """True when the QPU works but no virtual QPU became free in time."""
+
+
+REQUEST_TIMEOUT_S = 10.0
+"""Longest wait for one call to a QPU (its status, stopping a task): a QPU that hangs costs a
+lease request at most this on top of its ``max_wait``, and a release at most this."""
+ACCOUNTING_TIMEOUT_S = 2.0
+"""Longest wait, once a lease's tasks are stopped, for their final state (QPU time)."""
+WITHDRAWN_KEPT = 10_000
+"""How many withdrawn lease keys are remembered (a lease asked for after its withdrawal)."""
+
+
+@dataclasses.dataclass
+class GatewayTask:
+    """A task a step started through its lease."""
+
+    qpu_id: str
+    submitted: float
+    resource: Resource
+    """Its journal record (the task may outlive this process at the QPU's vendor)."""
+    info: TaskInfo | None = None
+    """The last state read from the QPU."""
+    accounted: bool = False
+    stopped: float | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.info is not None and self.info.state in FINAL_STATES
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSummary:
+    """How one task of a lease ended, for the step's record."""
+
+    state: str
+    message: str | None
+    submitted: float
+    started: float | None
+    ended: float | None
+    qpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseSummary:
+    """What a released lease's tasks used and how they ended."""
+
+    qpu_seconds: float
+    tasks: list[TaskSummary]
+    notes: list[str]
+    """What could not be known exactly (a QPU time estimated, a task that would not stop)."""
+
+    def failure(self) -> str | None:
+        """Why the lease's work failed, in the QPU's words (None: no task failed)."""
+        for task in self.tasks:
+            if task.state in ("failed", "cancelled"):
+                return f"task {task.state}: {task.message or 'no reason given'}"
+            if task.state not in FINAL_STATES:
+                return f"task {task.state} when the lease ended"
+        return "; ".join(self.notes) or None
+
+    def queue_seconds(self) -> float:
+        """Time the tasks waited in the QPU's queue (their own execution excluded)."""
+        return sum(max(0.0, t.started - t.submitted) for t in self.tasks if t.started)
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LeaseSummary:
+        tasks = [TaskSummary(**t) for t in data.get("tasks", [])]
+        return cls(float(data["qpu_seconds"]), tasks, list(data.get("notes", [])))
 
 
 @dataclasses.dataclass
@@ -48,11 +125,35 @@ class Lease:
     step: str
     token: str
     granted: float
-    tasks: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Gateway task id -> the QPU's task id."""
-    task_info: dict[str, TaskInfo] = dataclasses.field(default_factory=dict)
+    tasks: dict[str, GatewayTask] = dataclasses.field(default_factory=dict)
+    """Gateway task id -> the task."""
     qpu_seconds: float = 0.0
-    accounted: set[str] = dataclasses.field(default_factory=set)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> LeaseSummary:
+        tasks = [
+            TaskSummary(
+                state=t.info.state if t.info else "unknown",
+                message=t.info.message if t.info else None,
+                submitted=t.submitted,
+                started=t.info.started if t.info else None,
+                ended=t.info.ended if t.info else None,
+                qpu_seconds=_task_seconds(t.info) or 0.0,
+            )
+            for t in self.tasks.values()
+        ]
+        return LeaseSummary(self.qpu_seconds, tasks, list(self.notes))
+
+
+def _task_seconds(info: TaskInfo | None) -> float | None:
+    """The QPU time of a final task: the vendor's figure, else its start to end."""
+    if info is None:
+        return None
+    if info.qpu_seconds is not None:
+        return info.qpu_seconds
+    if info.started is not None and info.ended is not None:
+        return max(0.0, info.ended - info.started)
+    return None
 
 
 class QpuSlots:
@@ -61,26 +162,38 @@ class QpuSlots:
     def __init__(self, connector: QuantumConnector) -> None:
         self.connector = connector
         self.free = connector.config.vqpus
+        self.waiting = 0
         self._changed = asyncio.Condition()
         self.granted = self.refused = self.most_held = 0
         """Counters for ``GET /v1/stats``: leases granted, refused, most held at once."""
+        self.holds: collections.deque[float] = collections.deque(maxlen=50)
+        """How long recent leases were held (for estimates of when a slot frees)."""
+        self.task_seconds: collections.deque[float] = collections.deque(maxlen=50)
+        """QPU time of recent tasks (the QPU's measured service time)."""
 
     async def take(self, max_wait: float) -> None:
         async with self._changed:
+            self.waiting += 1
             try:
                 if self.free <= 0:  # (wait_for with a timeout of 0 never runs the wait)
                     await asyncio.wait_for(self._changed.wait_for(lambda: self.free > 0), max_wait)
             except TimeoutError:
                 raise LeaseRefused(
-                    f"no virtual QPU of {self.connector.location} became free within {max_wait:g} s"
+                    f"no virtual QPU of {self.connector.location} became free within "
+                    f"{max_wait:g} s",
+                    busy=True,
                 ) from None
+            finally:
+                self.waiting -= 1
             self.free -= 1
             self.granted += 1
             self.most_held = max(self.most_held, self.connector.config.vqpus - self.free)
 
-    async def give_back(self) -> None:
+    async def give_back(self, held_for: float | None = None) -> None:
         async with self._changed:
             self.free += 1
+            if held_for is not None:
+                self.holds.append(held_for)
             self._changed.notify()
 
     def stats(self) -> dict[str, int]:
@@ -96,14 +209,26 @@ class QpuSlots:
 
 
 class Gateway:
-    """Leases and task forwarding for a set of quantum connectors (runs on one event loop)."""
+    """Leases and task forwarding for a set of quantum connectors (runs on one event loop).
 
-    def __init__(self, connectors: dict[str, QuantumConnector], admin_token: str) -> None:
+    ``journal``: where the QPU tasks it starts are recorded before they exist (the run's
+    journal when the gateway is embedded in ``qflow run``): a crashed run's tasks are then
+    stopped at the QPU by ``qflow run --resume`` or ``qflow clean``.
+    """
+
+    def __init__(
+        self,
+        connectors: dict[str, QuantumConnector],
+        admin_token: str,
+        journal: Journal = NO_JOURNAL,
+    ) -> None:
         self.connectors = connectors
         self.admin_token = admin_token
+        self.journal = journal
         self.slots = {name: QpuSlots(c) for name, c in connectors.items()}
         self.leases: dict[str, Lease] = {}
         self._by_token: dict[str, Lease] = {}
+        self._withdrawn: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._started: set[str] = set()
         self._start_lock = asyncio.Lock()
         self.request_times = RequestTimes()
@@ -117,17 +242,31 @@ class Gateway:
                 self._started.add(location)
         return connector
 
-    async def lease(self, location: str, step: str, max_wait: float) -> Lease:
+    async def lease(
+        self, location: str, step: str, max_wait: float, key: str | None = None
+    ) -> Lease:
+        """A virtual QPU of ``location`` within ``max_wait`` (+ one status request).
+
+        ``key`` (chosen by the caller, who journals it first) makes the request idempotent
+        and lets :meth:`withdraw` end it whether it was granted yet or not.
+        """
         if location not in self.connectors:
             raise KeyError(location)
+        if key is not None and key in self.leases:
+            return self.leases[key]
+        slots = self.slots[location]
         try:
+            self._refuse_withdrawn(key)
             await self._check_online(location)
-            await self.slots[location].take(max_wait)
+            await slots.take(max_wait)
         except LeaseRefused:
-            self.slots[location].refused += 1
+            slots.refused += 1
             raise
+        if key is not None and key in self._withdrawn:  # withdrawn while it waited
+            await slots.give_back()
+            self._refuse_withdrawn(key)
         lease = Lease(
-            id=secrets.token_hex(8),
+            id=key or secrets.token_hex(8),
             location=location,
             step=step,
             token=secrets.token_urlsafe(24),
@@ -137,43 +276,135 @@ class Gateway:
         self._by_token[lease.token] = lease
         return lease
 
+    def _refuse_withdrawn(self, key: str | None) -> None:
+        if key is not None and key in self._withdrawn:
+            raise LeaseRefused(f"lease {key} was withdrawn by its requester")
+
     async def _check_online(self, location: str) -> None:
-        connector = await self._connector(location)
-        try:
-            status = await connector.status()
-        except Exception as exc:  # noqa: BLE001 - any failure to reach it is a refusal
-            raise LeaseRefused(f"QPU {location} is unreachable: {exc}") from None
+        status = await self._status(location)
         if not status.online:
             detail = f" ({status.detail})" if status.detail else ""
             raise LeaseRefused(f"QPU {location} reports itself offline{detail}")
 
-    async def release(self, lease_id: str) -> Lease:
+    async def _status(self, location: str) -> QpuStatus:
+        """The QPU's status within one request timeout; LeaseRefused saying why not."""
+        connector = await self._connector(location)
+        try:
+            return await asyncio.wait_for(connector.status(), REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise LeaseRefused(
+                f"QPU {location} did not answer its status request within {REQUEST_TIMEOUT_S:g} s"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - any failure to reach it is a refusal
+            raise LeaseRefused(f"QPU {location} is unreachable: {exc}") from None
+
+    async def release(self, lease_id: str) -> LeaseSummary:
+        """End a lease: its slot is free at once, its token dies, its unfinished tasks are
+        stopped (by id, even when their state cannot be read), their QPU time accounted."""
         lease = self.leases.pop(lease_id)
         self._by_token.pop(lease.token, None)
+        await self.slots[lease.location].give_back(time.time() - lease.granted)
+        unfinished = [t for t in lease.tasks.values() if not t.final]
+        await asyncio.gather(*(self._stop(lease, t) for t in unfinished))
+        await asyncio.gather(*(self._account(lease, t) for t in lease.tasks.values()))
+        return lease.summary()
+
+    async def withdraw(self, key: str) -> LeaseSummary | None:
+        """Release a lease by its key, or make sure it is never granted (a requester that
+        crashed while it waited); None if no lease had it yet."""
+        if key in self.leases:
+            return await self.release(key)
+        self._withdrawn[key] = None
+        while len(self._withdrawn) > WITHDRAWN_KEPT:
+            self._withdrawn.popitem(last=False)
+        return None
+
+    async def _stop(self, lease: Lease, task: GatewayTask) -> None:
         connector = self.connectors[lease.location]
         try:
-            for gw_id, qpu_id in lease.tasks.items():
-                info = await self._refresh(lease, gw_id)
-                if info.state not in FINAL_STATES:
-                    await connector.task_stop(qpu_id)
-                    await self._refresh(lease, gw_id)
-        except Exception as exc:  # noqa: BLE001 - the slot must come back whatever happens
-            _logger.warning("releasing lease of %s: %s", lease.step, exc)
-        finally:
-            await self.slots[lease.location].give_back()
-        return lease
+            await asyncio.wait_for(connector.task_stop(task.qpu_id), REQUEST_TIMEOUT_S)
+            task.stopped = time.time()
+        except Exception as exc:  # noqa: BLE001 - the others must still be stopped
+            why = "no answer" if isinstance(exc, TimeoutError) else str(exc)
+            lease.notes.append(f"task {task.qpu_id} could not be stopped ({why})")
+            _logger.warning("releasing lease of %s: stopping task %s: %s", lease.step,
+                            task.qpu_id, why)  # fmt: skip
 
-    async def _refresh(self, lease: Lease, gw_id: str) -> TaskInfo:
+    async def _account(self, lease: Lease, task: GatewayTask) -> None:
+        """Read a task's final state once (bounded); estimate its QPU time if unreadable."""
+        if task.accounted:
+            return
+        with contextlib.suppress(Exception):  # unreadable: estimated below
+            await asyncio.wait_for(self._refresh(lease, task), ACCOUNTING_TIMEOUT_S)
+        if task.accounted:
+            return
+        if task.stopped is not None:
+            self.journal.ended(task.resource)  # the QPU accepted the stop
+        begin = task.info.started if task.info and task.info.started else task.submitted
+        end = task.stopped or time.time()
+        lease.qpu_seconds += max(0.0, end - begin)
+        task.accounted = True
+        lease.notes.append(
+            f"QPU time of task {task.qpu_id} estimated from its "
+            f"{'start' if task.info and task.info.started else 'submission'} to its stop: "
+            "its state could not be read"
+        )
+
+    async def _refresh(self, lease: Lease, task: GatewayTask) -> TaskInfo:
         """Current state of a task; accounts its QPU-seconds once it is final."""
-        info = await self.connectors[lease.location].task_status(lease.tasks[gw_id])
-        lease.task_info[gw_id] = info
-        if info.state in FINAL_STATES and gw_id not in lease.accounted:
-            lease.accounted.add(gw_id)
-            if info.qpu_seconds is not None:
-                lease.qpu_seconds += info.qpu_seconds
-            elif info.started is not None and info.ended is not None:
-                lease.qpu_seconds += max(0.0, info.ended - info.started)
+        info = await self.connectors[lease.location].task_status(task.qpu_id)
+        task.info = info
+        if info.state in FINAL_STATES and not task.accounted:
+            task.accounted = True
+            self.journal.ended(task.resource)
+            seconds = _task_seconds(info)
+            if seconds is not None:
+                lease.qpu_seconds += seconds
+                self.slots[lease.location].task_seconds.append(seconds)
         return info
+
+    async def start_task(self, lease: Lease, task: dict[str, Any], key: str) -> str:
+        """Start a step's task at the QPU (idempotent per key); returns the gateway's id."""
+        gw_id = f"{lease.id}-{key}"
+        if gw_id in lease.tasks:
+            return gw_id
+        connector = self.connectors[lease.location]
+        vendor_key = gw_id
+        resource = self.journal.intend(
+            "qpu-task", lease.location, {"idempotency_key": vendor_key}, step=lease.step
+        )
+        submitted = time.time()
+        try:
+            qpu_id = await connector.task_start(task, vendor_key)
+        except BaseException:
+            found = await _quietly(connector.task_lookup(vendor_key))
+            if found is None:
+                self.journal.ended(resource)
+                raise
+            qpu_id = found
+        lease.tasks[gw_id] = GatewayTask(qpu_id, submitted, self.journal.exists(resource, qpu_id))
+        return gw_id
+
+    async def info(self, location: str) -> dict[str, Any]:
+        """What placement needs to estimate when a step could start here and how long one
+        task takes: the vQPU slots, the QPU's own queue, measured task and lease times."""
+        slots = self.slots[location]
+        now = time.time()
+        held_for = [now - lease.granted for lease in self.leases.values()
+                    if lease.location == location]  # fmt: skip
+        answer: dict[str, Any] = {
+            "vqpus": self.connectors[location].config.vqpus,
+            "free": slots.free,
+            "waiting": slots.waiting,
+            "held_for": held_for,
+            "mean_hold_s": _mean(slots.holds),
+            "mean_task_s": _mean(slots.task_seconds),
+        }
+        try:
+            status = await self._status(location)
+        except LeaseRefused as exc:
+            return {**answer, "online": False, "detail": str(exc)}
+        return {**answer, **dataclasses.asdict(status)}
 
     # -- HTTP ------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -183,6 +414,7 @@ class Gateway:
                 web.get("/v1/stats", self._h_stats),
                 web.post("/v1/leases", self._h_lease),
                 web.delete("/v1/leases/{id}", self._h_release),
+                web.get("/v1/locations/{name}", self._h_info),
                 web.get("/v1/status", self._h_status),
                 web.post("/v1/tasks", self._h_submit),
                 web.get("/v1/tasks/{id}", self._h_task),
@@ -217,26 +449,37 @@ class Gateway:
     async def _h_lease(self, request: web.Request) -> web.Response:
         self._admin(request)
         body = await _json_object(request)
+        key = body.get("key")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
+            raise web.HTTPBadRequest(reason="key must be a string of 1 to 128 characters")
         try:
             lease = await self.lease(
-                str(body["location"]), str(body.get("step", "")), float(body.get("max_wait", 0))
+                str(body["location"]),
+                str(body.get("step", "")),
+                float(body.get("max_wait", 0)),
+                key,
             )
         except KeyError:
             raise web.HTTPNotFound(reason=f"no quantum location {body.get('location')!r}") from None
         except LeaseRefused as exc:
-            return web.json_response({"error": str(exc)}, status=503)
+            return web.json_response({"error": str(exc), "busy": exc.busy}, status=503)
         return web.json_response({"lease": lease.id, "token": lease.token}, status=201)
 
     async def _h_release(self, request: web.Request) -> web.Response:
+        """Admin: release a lease by id (its key when the requester chose one); an unknown
+        id is withdrawn, so that a request still waiting for it is never granted."""
         self._admin(request)
-        lease_id = request.match_info["id"]
-        if lease_id not in self.leases:
-            raise web.HTTPNotFound(reason="no such lease")
-        lease = await self.release(lease_id)
-        states = [i.state for i in lease.task_info.values()]
-        return web.json_response(
-            {"qpu_seconds": lease.qpu_seconds, "tasks": len(lease.tasks), "states": states}
-        )
+        summary = await self.withdraw(request.match_info["id"])
+        if summary is None:
+            raise web.HTTPNotFound(reason="no such lease (withdrawn: it will not be granted)")
+        return web.json_response({**summary.as_json(), "states": [t.state for t in summary.tasks]})
+
+    async def _h_info(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        name = request.match_info["name"]
+        if name not in self.connectors:
+            raise web.HTTPNotFound(reason=f"no quantum location {name!r}")
+        return web.json_response(await self.info(name))
 
     async def _h_status(self, request: web.Request) -> web.Response:
         lease = self._step(request)
@@ -247,49 +490,56 @@ class Gateway:
         lease = self._step(request)
         task = await _json_object(request)
         key = request.headers.get("Idempotency-Key") or secrets.token_hex(8)
-        gw_id = f"{lease.id}-{key}"
-        if gw_id not in lease.tasks:
-            qpu_id = await self.connectors[lease.location].task_start(task, f"{lease.id}-{key}")
-            lease.tasks[gw_id] = qpu_id
+        gw_id = await self.start_task(lease, task, key)
         return web.json_response({"id": gw_id, "state": "queued"}, status=201)
 
-    def _task(self, request: web.Request) -> tuple[Lease, str]:
+    def _task(self, request: web.Request) -> tuple[Lease, GatewayTask, str]:
         lease = self._step(request)
         gw_id = request.match_info["id"]
         if gw_id not in lease.tasks:
             raise web.HTTPNotFound(reason="no such task for this step")
-        return lease, gw_id
+        return lease, lease.tasks[gw_id], gw_id
 
     async def _h_task(self, request: web.Request) -> web.Response:
-        lease, gw_id = self._task(request)
-        info = await self._refresh(lease, gw_id)
+        lease, task, gw_id = self._task(request)
+        info = await self._refresh(lease, task)
         return web.json_response({**dataclasses.asdict(info), "id": gw_id})
 
     async def _h_result(self, request: web.Request) -> web.Response:
-        lease, gw_id = self._task(request)
-        info = await self._refresh(lease, gw_id)
+        lease, task, _ = self._task(request)
+        info = await self._refresh(lease, task)
         if info.state != "completed":
             return web.json_response({"error": f"task is {info.state}"}, status=409)
-        result = await self.connectors[lease.location].task_result(lease.tasks[gw_id])
+        result = await self.connectors[lease.location].task_result(task.qpu_id)
         return web.json_response(result)
 
     async def _h_cancel(self, request: web.Request) -> web.Response:
-        lease, gw_id = self._task(request)
-        await self.connectors[lease.location].task_stop(lease.tasks[gw_id])
-        info = await self._refresh(lease, gw_id)
+        lease, task, gw_id = self._task(request)
+        await self.connectors[lease.location].task_stop(task.qpu_id)
+        info = await self._refresh(lease, task)
         return web.json_response({**dataclasses.asdict(info), "id": gw_id})
 
     async def _h_logs(self, request: web.Request) -> web.Response:
-        lease, gw_id = self._task(request)
-        return web.Response(
-            text=await self.connectors[lease.location].task_logs(lease.tasks[gw_id])
-        )
+        lease, task, _ = self._task(request)
+        return web.Response(text=await self.connectors[lease.location].task_logs(task.qpu_id))
 
     async def close(self) -> None:
         for lease_id in list(self.leases):
             await self.release(lease_id)
         for location in self._started:
             await self.connectors[location].stop()
+
+
+def _mean(values: collections.deque[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+async def _quietly(coro: Any) -> Any:
+    """A best-effort lookup: its answer within one request timeout, else None."""
+    try:
+        return await asyncio.wait_for(coro, REQUEST_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - best effort
+        return None
 
 
 STEP_ROUTES = frozenset(
@@ -398,12 +648,13 @@ async def start_gateway(
 def main(argv: list[str] | None = None) -> int:
     """``qflow gateway DEPLOYMENT``: a site-wide gateway for the deployment's QPUs."""
     from qflow.deployment import DeploymentError, load_deployment
+    from qflow.emulator import port_number
     from qflow.secrets import SecretError, resolve_secret
 
     parser = argparse.ArgumentParser(prog="qflow gateway", description=main.__doc__)
     parser.add_argument("deployment", help="deployment.yml whose quantum locations to serve")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=port_number, default=0, help="port; 0 picks a free one")
     parser.add_argument(
         "--admin-token",
         required=True,
