@@ -56,6 +56,12 @@ Retries are the engine's (``retries`` of the location); jobs are submitted with
 ``--no-requeue`` so Slurm never reruns a step behind qflow's back. Cancelling :meth:`run`
 ``scancel``s the job and waits (bounded) until Slurm reports it ended (a ``salloc`` request
 still pending is withdrawn by its unique job name).
+
+Crashes: a step's job is named after its journalled execution id (``qflow-<execution id>``,
+:func:`job_name`), before it exists, so after a ``kill -9`` of qflow ``cancel_orphan`` finds
+it by that name even if the crash came before its id was known (a job ``sbatch`` submitted,
+a ``salloc`` request still pending), and by its id when it was. Allocations kept across
+steps are journalled by slurm_allocation.py under their own names.
 """
 
 from __future__ import annotations
@@ -90,12 +96,16 @@ from qflow.connector import (
 )
 from qflow.connectors.slurm_allocation import SlurmAllocations
 from qflow.connectors.slurm_salloc import salloc, srun_script
+from qflow.rundir.journal import Resource
 
 _logger = logging.getLogger("qflow.connectors.slurm")
 _T = TypeVar("_T")
 
 CANCEL_WAIT_S = 30.0
 """Longest wait, after ``scancel``, for Slurm to report the job ended."""
+RESCANCEL_S = 1.0
+"""While a cancelled job is still alive, ``scancel`` is repeated this often (a request the
+controller missed, a job a crashed run's ``sbatch`` submitted after the first ``scancel``)."""
 SETTLE_S = 2.0
 """How long a step whose srun died waits for Slurm to show why (its allocation's state)."""
 COMMAND_TIMEOUT_S = 60.0
@@ -386,7 +396,7 @@ class SlurmConnector(Connector):
             await allocations.close()  # held/malleable/auto: release every allocation
         self._allocations.clear()
         for name in list(self._salloc_names):  # submit: salloc, by name: pending ones too
-            await self._transport.run(["scancel", f"--name={name}"])
+            await self._scancel([], name)
         ids = [jid for jid, t in self._tracked.items() if not t.done.is_set()]
         if ids:
             await self._scancel(ids)
@@ -408,38 +418,74 @@ class SlurmConnector(Connector):
         self._own_workdir = False
         await self._transport.close()
 
-    async def cancel_orphan(self, external_id: str) -> None:
-        """``scancel`` a job that a crashed run left behind and wait (bounded) until it ended.
+    async def cancel_orphan(self, resource: Resource) -> None:
+        """End a job a crashed run left behind (found by its name, and by its id if known) and
+        wait (bounded) until Slurm reports it ended; a job already gone is fine.
 
-        A job Slurm no longer knows, or that already ended, is fine.
+        An ``execution`` is found by the job name derived from its id (:func:`job_name`), a
+        step of a held allocation (``JOBID@NODE``) by its allocation, a ``slurm-allocation``
+        by the name it was journalled with. Raises :class:`SlurmError` if a job outlives
+        ``CANCEL_WAIT_S``.
         """
-        match = re.fullmatch(r"(\d+(?:[_+]\d+)?)(?:@[\w.\-\[\],]+)?", external_id)
-        if match is None:
-            raise SlurmError(f"{external_id!r} is not a Slurm job id (nor JOBID@NODE)")
+        name, ids = _orphan_handles(resource)
         await self._prepare()
-        await self._end_job(match.group(1))  # a step in a held allocation: the allocation
+        await self._end_jobs(ids, name)
 
-    async def _end_job(self, jobid: str) -> _JobInfo | None:
-        """``scancel`` a job and wait (bounded) until Slurm reports it ended: its final record
-        (Slurm's start and end times, nodes), None if Slurm has none or it did not end in time.
+    async def _end_jobs(self, ids: list[str], name: str | None = None) -> dict[str, _JobInfo]:
+        """``scancel`` the jobs ``ids`` and every job named ``name``, then wait until Slurm shows
+        none of them alive: their last records (a job that already left squeue has none).
+
+        Raises :class:`SlurmError` if one is still alive after ``CANCEL_WAIT_S``.
         """
-        await self._scancel([jobid])
+        await self._scancel(ids, name)
         deadline = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < deadline:
+        rescancel_at = time.monotonic() + RESCANCEL_S
+        seen: dict[str, _JobInfo] = {}
+        alive = list(ids)
+        while True:
             with contextlib.suppress(SlurmError):  # a failed squeue: ask again
-                info = (await self._squeue([jobid])).get(jobid)
-                if info is None:  # already left squeue
-                    return await self._lookup_finished(jobid)
-                if info.state in TERMINAL_STATES:  # not COMPLETING any more
-                    return info
+                infos = await self._squeue(ids) if ids else {}
+                if name:
+                    infos.update(await self._squeue(name=name))
+                seen.update(infos)
+                alive = [
+                    jobid for jobid, info in infos.items() if info.state not in TERMINAL_STATES
+                ]
+                if not alive:
+                    return seen
+            now = time.monotonic()
+            if now >= deadline:
+                named = f" (named {name})" if name else ""
+                raise SlurmError(
+                    f"location {self.location}: Slurm job(s) {', '.join(alive) or '?'}{named} "
+                    f"still not ended {CANCEL_WAIT_S:.0f} s after scancel; check them with "
+                    "squeue and cancel them by hand (scancel)"
+                )
+            if now >= rescancel_at:
+                await self._scancel(alive)
+                rescancel_at = now + RESCANCEL_S
             await asyncio.sleep(max(self.cfg.poll_interval, 0.05))
-        _logger.warning(
-            "Slurm job %s (location %s) still not ended %.0f s after scancel",
-            jobid,
-            self.location,
-            CANCEL_WAIT_S,
-        )
-        return None
+
+    async def _end_job(
+        self, jobid: str | None, resource: Resource | None = None
+    ) -> _JobInfo | None:
+        """``scancel`` a job (and every job of the journalled ``resource``'s name) and wait
+        (bounded) until Slurm reports it ended, then mark ``resource`` ended in the journal.
+
+        Returns the job's final record (Slurm's start and end times, nodes); None if Slurm has
+        none or it did not end in time (logged; the journal then keeps the resource alive).
+        """
+        name = resource.handle.get("name") if resource is not None else None
+        try:
+            seen = await self._end_jobs([jobid] if jobid else [], name)
+        except SlurmError as exc:
+            _logger.warning("%s", exc)
+            return None
+        if resource is not None:
+            self.journal.ended(resource)
+        if jobid is None:
+            return None
+        return seen.get(jobid) or await self._lookup_finished(jobid)
 
     async def _prepare(self) -> None:
         """Once: the SSH session, the work directory and the path of ``srun``."""
@@ -487,7 +533,7 @@ class SlurmConnector(Connector):
         options, time_limit = self._resource_options(job)
         plan = _Plan(
             job=job,
-            tag=tag,
+            name=job_name(job.execution_id) if job.execution_id else f"qflow-{tag}",
             rc_file=str(workdir / f"{tag}.rc"),
             log_file=str(workdir / f"{tag}.log"),
             capture_file=str(capture) if capture else None,
@@ -501,7 +547,7 @@ class SlurmConnector(Connector):
             "--parsable",
             "--export=ALL",  # of the minimal environment sbatch runs with; see the module doc
             "--no-requeue",
-            f"--job-name={_job_name(job)}",
+            f"--job-name={plan.name}",
             f"--chdir={workdir}",
             f"--output={plan.log_file}",
             f"--error={plan.log_file}",
@@ -669,22 +715,27 @@ class SlurmConnector(Connector):
                 )
         await self._forget(tracked, plan)
 
-    async def _scancel(self, ids: list[str]) -> None:
-        rc, _, err = await self._transport.run(["scancel", *ids])
-        quiet = ("already completing or completed", "Invalid job id")
-        if rc != 0 and not any(q in err for q in quiet):
-            _logger.warning("scancel %s: %s", " ".join(ids), err.strip())
+    async def _scancel(self, ids: list[str], name: str | None = None) -> None:
+        """``scancel`` jobs by id, and every job named ``name`` (one call each: given both,
+        scancel would only cancel the ids that also have that name)."""
+        for argv in ([*ids] if ids else None, [f"--name={name}"] if name else None):
+            if argv is None:
+                continue
+            rc, _, err = await self._transport.run(["scancel", *argv])
+            quiet = ("already completing or completed", "Invalid job id")
+            if rc != 0 and not any(q in err for q in quiet):
+                _logger.warning("scancel %s: %s", " ".join(argv), err.strip())
 
     # -- submit: salloc -------------------------------------------------------------------
     async def _run_in_salloc(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         """The step in an allocation of its own (``salloc``), run with ``srun`` and cancelled
         as soon as it ends: no scheduler tick to wait for, unlike ``sbatch``.
 
-        The job id is reported as soon as it is granted, so a crashed run's resume can cancel
-        the allocation (``cancel_orphan``).
+        The job id is reported as soon as it is granted; a crashed run's resume finds the
+        allocation by it, or by its name (``cancel_orphan``) if the crash came first.
         """
         plan = self._plan(job)
-        name = f"qflow-{plan.tag}"  # unique: a pending request is withdrawn by its name
+        name = plan.name  # unique: a pending request is withdrawn by its name
         self._salloc_names.add(name)
         try:
             jobid, err = await salloc(self, name, plan.options)
@@ -805,15 +856,14 @@ class SlurmConnector(Connector):
             except Exception:  # noqa: BLE001 - a callback bug must not stop the poller
                 _logger.exception("on_started callback of Slurm job %s failed", tracked.jobid)
 
-    async def _squeue(self, ids: list[str]) -> dict[str, _JobInfo]:
+    async def _squeue(
+        self, ids: list[str] | None = None, *, name: str | None = None
+    ) -> dict[str, _JobInfo]:
+        """Slurm's records of the jobs ``ids`` (or of the jobs named ``name``), finished ones
+        too while the controller keeps them (``MinJobAge``)."""
+        which = f"--jobs={','.join(ids)}" if ids else f"--name={name}"
         rc, out, err = await self._transport.run(
-            [
-                "squeue",
-                "--noheader",
-                "--states=all",
-                f"--jobs={','.join(ids)}",
-                f"--Format={_SQUEUE_FORMAT}",
-            ],
+            ["squeue", "--noheader", "--states=all", which, f"--Format={_SQUEUE_FORMAT}"],
             query=True,
         )
         if rc != 0:
@@ -982,8 +1032,9 @@ class _Plan:
     """Everything prepared for one submission."""
 
     job: JobSpec
-    tag: str
-    """Unique per execution: names its files (and a ``salloc`` request)."""
+    name: str
+    """The Slurm job name (``sbatch`` or ``salloc``): :func:`job_name` of the execution id, so
+    a crashed run's clean-up finds the job by it; unique either way."""
     rc_file: str
     log_file: str
     capture_file: str | None
@@ -1057,8 +1108,35 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60] or "step"
 
 
-def _job_name(job: JobSpec) -> str:
-    return f"qflow-{_safe_name(job.name)}"
+def job_name(execution_id: str) -> str:
+    """The Slurm job name of a step execution, derived from its journalled id alone."""
+    return f"qflow-{_safe_name(execution_id)}"
+
+
+_ORPHAN_ID = re.compile(r"(\d+(?:[_+]\d+)?)(?:@[\w.\-\[\],]+)?")
+_ORPHAN_NAME = re.compile(r"qflow-[A-Za-z0-9_.-]+")
+
+
+def _orphan_handles(resource: Resource) -> tuple[str, list[str]]:
+    """The job name and ids by which a journalled resource is found (a step of a held
+    allocation, ``JOBID@NODE``, by its allocation's id)."""
+    if resource.kind == "execution":
+        name = job_name(resource.id)
+    elif resource.kind == "slurm-allocation":
+        name = str(resource.handle.get("name", ""))
+    else:
+        raise SlurmError(
+            f"{resource.describe()}: a slurm location cannot end a {resource.kind!r} resource "
+            "(only executions and slurm-allocations); end it with the connector that made it"
+        )
+    if not _ORPHAN_NAME.fullmatch(name):  # "," would make scancel --name match other jobs
+        raise SlurmError(f"{resource.describe()}: {name!r} is not a job name qflow gives")
+    if not resource.external_id:
+        return name, []
+    match = _ORPHAN_ID.fullmatch(resource.external_id)
+    if match is None:
+        raise SlurmError(f"{resource.external_id!r} is not a Slurm job id (nor JOBID@NODE)")
+    return name, [match.group(1)]
 
 
 def _epoch(text: str) -> float | None:

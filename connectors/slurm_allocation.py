@@ -18,6 +18,12 @@ node per step, so no scheduler tick is waited for (both through slurm_salloc.py)
 
 Every allocation is reported (nodes × its Slurm lifetime) as held node-seconds; steps inside
 an allocation report the node they used but no node-seconds of their own.
+
+An allocation is not one step's: it is journalled on its own (kind ``slurm-allocation``,
+handle ``{"name": its unique job name}``) before ``salloc`` asks for it, its job id once
+granted, and marked ended only once Slurm reports it ended. After a crash, ``qflow run
+--resume`` ends it by that name (``SlurmConnector.cancel_orphan``), so the resumed run's own
+allocation is not left pending behind it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from qflow.connector import AllocationRecord, JobOutcome, JobSpec, JobStartedCallback
 from qflow.connectors.slurm_salloc import salloc, srun_script
+from qflow.rundir.journal import Resource
 
 if TYPE_CHECKING:
     from qflow.connectors.slurm import SlurmConnector
@@ -40,10 +47,13 @@ _logger = logging.getLogger("qflow.connectors.slurm")
 
 
 class _Allocation:
-    """One ``salloc --no-shell`` job and its nodes."""
+    """One ``salloc --no-shell`` job, its nodes and its journal record."""
 
-    def __init__(self, jobid: str, nodes: list[str], kind: str, granted: float) -> None:
+    def __init__(
+        self, jobid: str, nodes: list[str], kind: str, granted: float, resource: Resource
+    ) -> None:
         self.jobid, self.nodes, self.kind, self.granted = jobid, nodes, kind, granted
+        self.resource = resource
         self.busy: set[str] = set()
 
 
@@ -177,22 +187,26 @@ class SlurmAllocations:
         for flag, value in (("--account", cfg.account), ("--qos", cfg.qos), ("--time", cfg.time)):
             if value is not None:
                 options.append(f"{flag}={value}")
-        jobid, err = await salloc(self.connector, name, options)
-        if "queued and waiting for resources" in err:
-            self._contended = True
-        if jobid is None:
-            raise RuntimeError(f"salloc of {count} node(s) on {self.connector.location} failed: "
-                               f"{err[-500:]}")  # fmt: skip
+        journal = self.connector.journal
+        resource = journal.intend("slurm-allocation", self.connector.location, {"name": name})
+        jobid: str | None = None
         try:
+            jobid, err = await salloc(self.connector, name, options)
+            if "queued and waiting for resources" in err:
+                self._contended = True
+            if jobid is None:
+                raise RuntimeError(f"salloc of {count} node(s) on {self.connector.location} "
+                                   f"failed: {err[-500:]}")  # fmt: skip
+            resource = journal.exists(resource, jobid)
             _, out, _ = await self.connector._transport.run(
                 ["squeue", "--noheader", "--jobs", jobid, "--format=%N"]
             )
             hostnames = ["scontrol", "show", "hostnames", out.strip()]
             _, hosts, _ = await self.connector._transport.run(hostnames)
-        except asyncio.CancelledError:  # granted but not ours yet: it must not outlive us
-            await asyncio.shield(self.connector._scancel([jobid]))
+        except BaseException:  # refused, withdrawn, or granted but not ours yet: ended
+            await asyncio.shield(self.connector._end_job(jobid, resource))
             raise
-        return _Allocation(jobid, hosts.split(), kind, time.time())
+        return _Allocation(jobid, hosts.split(), kind, time.time(), resource)
 
     def _release_soon(self, allocation: _Allocation) -> None:
         """Stop using ``allocation`` now; cancel and account for it in the background, so a
@@ -206,7 +220,8 @@ class SlurmAllocations:
         async with self._changed:
             if allocation in self._held:
                 self._held.remove(allocation)
-        info = await self.connector._end_job(allocation.jobid)  # Slurm's own start/end times
+        # Slurm's own start/end times; the journal's record ends once Slurm confirms it
+        info = await self.connector._end_job(allocation.jobid, allocation.resource)
         started = info.start if info and info.start else allocation.granted
         ended = info.end if info and info.end else time.time()
         if self._report is not None:

@@ -15,15 +15,18 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hq_slurm_crash_run import crash_once_started
 from pydantic import ValidationError
 from slurm_cluster import ClusterUnavailable, SshServer, start_sshd
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
-from qflow.connectors.slurm import SlurmConnector, SlurmError
+from qflow.connectors.slurm import SlurmConnector, SlurmError, job_name
+from qflow.rundir.journal import Resource, read_journal
 
 pytestmark = pytest.mark.slurm
 
@@ -754,28 +757,125 @@ def test_login_mode_cancel_and_bad_key(
     assert_cancelled(slurm_cluster, jobid, marker)
 
 
+def orphan(kind: str, external_id: str | None = None, **handle: str) -> Resource:
+    """A resource as a crashed run's journal leaves it (intended, never marked ended)."""
+    return Resource(f"{uuid.uuid4().hex[:6]}-1", kind, "test-slurm", handle, external_id)
+
+
 def test_cancel_orphan_of_a_crashed_run(slurm_cluster: Any, tmp_path: Path) -> None:
     """``qflow run --resume`` cancels what a crashed run left: a job submitted by another
-    connector instance (here: by sbatch directly), and a job id Slurm never knew."""
+    connector instance (here: by sbatch directly), a held allocation by its id or by its name
+    (a request still pending), and a job id Slurm never knew."""
     marker = f"sleep 4{uuid.uuid4().int % 1000}.25"
     jobid = slurm_cluster.run(
         "sbatch", "--parsable", "-p", "compute", "-o", "/dev/null", "--wrap", marker
     ).strip()
     slurm_cluster.run("salloc", "--no-shell", "-p", "compute", "-N1", "--job-name=orphan-held")
     granted = slurm_cluster.run("squeue", "-h", "--name=orphan-held", "-o", "%i %N").split()
+    pending = f"qflow-held-{uuid.uuid4().hex[:8]}"
+    slurm_cluster.run("sbatch", "-p", "compute", "--begin=now+600", f"--job-name={pending}",
+                      "-o", "/dev/null", "--wrap", "true")  # fmt: skip
 
     async def main() -> None:
         connector = make_connector(slurm_cluster, tmp_path)
         try:
-            await connector.cancel_orphan(jobid)
+            await connector.cancel_orphan(orphan("execution", jobid))
             # a step of a held allocation (JOBID@NODE): the allocation itself goes
-            await connector.cancel_orphan(f"{granted[0]}@{granted[1]}")
-            await connector.cancel_orphan("999999")  # unknown: no error
+            await connector.cancel_orphan(orphan("execution", f"{granted[0]}@{granted[1]}"))
+            await connector.cancel_orphan(orphan("slurm-allocation", name=pending))
+            await connector.cancel_orphan(orphan("execution", "999999"))  # unknown: no error
             with pytest.raises(SlurmError, match="not a Slurm job id"):
-                await connector.cancel_orphan("12; rm -rf /")
+                await connector.cancel_orphan(orphan("execution", "12; rm -rf /"))
+            with pytest.raises(SlurmError, match="not a job name qflow gives"):
+                await connector.cancel_orphan(orphan("slurm-allocation", name="qflow-a,other"))
+            with pytest.raises(SlurmError, match="cannot end a 'qpu-task' resource"):
+                await connector.cancel_orphan(orphan("qpu-task", "7"))
         finally:
             await connector.stop()
 
     asyncio.run(main())
+    assert slurm_cluster.active_jobs() == []
+    assert not process_alive(marker)
+
+
+@pytest.mark.parametrize("submit", ["sbatch", "salloc"])
+def test_cancel_orphan_finds_a_step_by_its_execution_id(
+    slurm_cluster: Any, tmp_path: Path, submit: str
+) -> None:
+    """A crash before the job's id was journalled: the resumed run's clean-up (another
+    connector) finds the running job, and a request still pending, by the name derived from
+    the execution id alone, and returns once Slurm reports them ended."""
+    marker = f"sleep 5{uuid.uuid4().int % 1000}.75"
+    running = orphan("execution")
+    queued = orphan("execution")
+    job = spec(tmp_path, ["sh", "-c", marker])
+    later = spec(tmp_path, ["true"], name="later", stdout="later.out", stderr="later.err")
+
+    async def main() -> tuple[list[str], list[BaseException | JobOutcome]]:
+        crashed = make_connector(slurm_cluster, tmp_path, submit=submit)
+        crashed_later = make_connector(
+            slurm_cluster, tmp_path, submit=submit, extra=["--begin=now+600"]
+        )
+        resumed = make_connector(slurm_cluster, tmp_path)
+        started = Started()
+        runs = [
+            asyncio.ensure_future(crashed.run(replace(job, execution_id=running.id), started)),
+            asyncio.ensure_future(
+                crashed_later.run(replace(later, execution_id=queued.id), lambda _: None)
+            ),
+        ]
+        try:
+            await started.wait()
+            for _ in range(100):  # until both are known to Slurm
+                if len(slurm_cluster.active_jobs()) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await resumed.cancel_orphan(running)
+            await resumed.cancel_orphan(queued)
+            states = [
+                slurm_cluster.run("squeue", "-h", "--states=all", f"--name={name}", "-o", "%T")
+                for name in (job_name(running.id), job_name(queued.id))
+            ]
+            return states, await asyncio.gather(*runs, return_exceptions=True)
+        finally:
+            for connector in (crashed, crashed_later, resumed):
+                await connector.stop()
+
+    states, results = asyncio.run(main())
+    assert [s.split() for s in states] == [["CANCELLED"], ["CANCELLED"]]
+    assert not process_alive(marker)
+    assert slurm_cluster.active_jobs() == []
+    assert isinstance(results[0], JobOutcome) and results[0].exit_code != 0
+
+
+def test_held_allocation_of_a_killed_run_is_journalled_and_ended(
+    slurm_cluster: Any, tmp_path: Path
+) -> None:
+    """A held allocation is journalled before salloc asks for it: after a real crash (SIGKILL
+    of a qflow stand-in mid-step) the journal still holds it, and cancel_orphan frees it."""
+    marker = f"sleep 9{uuid.uuid4().int % 1000}.5"
+    journal = tmp_path / "journal.jsonl"
+    config = {"connector": "slurm", "partition": "compute", "slurm_conf": str(slurm_cluster.conf),
+              "workdir": str(tmp_path / "work"), "allocation": "held", "held_nodes": 1}  # fmt: skip
+    step = crash_once_started(config, journal, tmp_path, ["sh", "-c", marker],
+                              lambda: process_alive(marker))  # fmt: skip
+    jobid = step.split("@")[0]
+    alive = read_journal(journal).alive
+    assert sorted(r.kind for r in alive) == ["execution", "slurm-allocation"]
+    (allocation,) = [r for r in alive if r.kind == "slurm-allocation"]
+    assert allocation.external_id == jobid
+    assert allocation.handle["name"].startswith("qflow-held-")
+    assert slurm_cluster.active_jobs() == [jobid]  # the crash left it running
+    assert process_alive(marker)
+
+    async def main() -> None:
+        resumed = make_connector(slurm_cluster, tmp_path)
+        try:
+            await resumed.cancel_orphan(allocation)
+        finally:
+            await resumed.stop()
+
+    asyncio.run(main())
+    assert slurm_cluster.run("squeue", "-h", f"--name={allocation.handle['name']}") == ""
     assert slurm_cluster.active_jobs() == []
     assert not process_alive(marker)

@@ -177,7 +177,7 @@ def test_auto_notices_a_grant_that_had_to_queue(slurm_cluster: Any, tmp_path: Pa
         await connector._prepare()
         try:
             allocation = await allocations._salloc(1, "anchor", [])  # queues behind the blocker
-            await connector._end_job(allocation.jobid)
+            await connector._end_job(allocation.jobid, allocation.resource)
         finally:
             await connector.stop()
 
@@ -191,10 +191,11 @@ def test_auto_notices_a_grant_that_had_to_queue(slurm_cluster: Any, tmp_path: Pa
 def test_waiting_steps_get_nodes_longest_expected_first():
     from qflow.connectors.slurm import SlurmConnector
     from qflow.connectors.slurm_allocation import SlurmAllocations, _Allocation
+    from qflow.rundir.journal import Resource
 
     config = SlurmConnector.Config(connector="slurm", partition="compute", held_nodes=1)
     allocations = SlurmAllocations(SlurmConnector("c", config), "held", None)
-    held = _Allocation("7", ["c1"], "held", 0.0)
+    held = _Allocation("7", ["c1"], "held", 0.0, Resource("s-1", "slurm-allocation", "c"))
     allocations._held = [held]  # one node, no Slurm call needed
     allocations._expected = {"/a": 1.0, "/b": 5.0}
     order: list[str] = []
