@@ -42,6 +42,12 @@ ended; if it does not within :data:`CANCEL_WAIT_S` and the task runs on this hos
 connector kills the process group itself. A task still queued in HyperQueue stays queued until
 a worker takes it, then exits at once without running the command.
 
+Crashes: each job's control directory is journalled (kind ``hq-job``, handle ``{"control":
+path}``) before the job is submitted, its job id once known, and marked ended once the
+command can no longer run. After a ``kill -9`` of qflow the task keeps running (it is
+HyperQueue's, not qflow's child); ``cancel_orphan`` of that record cancels it the same
+cooperative way, without needing its job id.
+
 All HyperQueue client calls (blocking, GIL-holding FFI calls) run on one dedicated thread per
 connector, which owns the client connection.
 """
@@ -77,6 +83,8 @@ from qflow.connector import (
     JobStartedCallback,
     LocationConfig,
 )
+from qflow.connectors.local import kill_process_group
+from qflow.rundir.journal import Resource
 
 _logger = logging.getLogger("qflow.connectors.hyperqueue")
 
@@ -327,6 +335,32 @@ class HyperQueueConnector(Connector):
             self._client = None
             executor.shutdown(wait=False)
 
+    async def cancel_orphan(self, resource: Resource) -> None:
+        """End the HyperQueue job of a crashed run through its control directory, journalled
+        (kind ``hq-job``) before the job was submitted, so its job id is not needed.
+
+        An ``execution`` holds nothing else here: its job is that ``hq-job`` record. Raises
+        :class:`HyperQueueError` if the job's end cannot be confirmed.
+        """
+        if resource.kind == "execution":
+            return
+        if resource.kind != "hq-job" or not resource.handle.get("control"):
+            raise HyperQueueError(
+                f"{resource.describe()}: a hyperqueue location cannot end a {resource.kind!r} "
+                "resource (only its hq-job records); end it with the connector that made it"
+            )
+        control = Path(resource.handle["control"])
+        external = resource.external_id or ""
+        job_id = int(external) if external.isdigit() else None
+        if not await self._cancel(control, job_id):
+            raise HyperQueueError(
+                f"{resource.describe()}: its task did not confirm its end within "
+                f"{CANCEL_WAIT_S:.0f} s and runs on another host; check `hq job list` there "
+                "and cancel it by hand (`hq job cancel`)"
+            )
+        if (control / "exit").exists() and (control / "spec.json").exists():
+            shutil.rmtree(control, ignore_errors=True)  # the wrapper is done with it
+
     def _prepare_workdir(self) -> Path:
         if self._workdir is None:
             if self.cfg.workdir:
@@ -468,6 +502,12 @@ class HyperQueueConnector(Connector):
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         workdir = self._prepare_workdir()
         control = workdir / f"{job.name}-{uuid.uuid4().hex[:12]}"
+        # journalled before the job can exist: a crashed run's clean-up cancels it through its
+        # control directory even if the crash came before HyperQueue gave it an id
+        resource = self.journal.intend(
+            "hq-job", self.location, {"control": str(control)}, step=job.step,
+            iteration=job.iteration,
+        )  # fmt: skip
         control.mkdir(parents=True)
         capture = control / "capture"
         spec = {
@@ -494,13 +534,18 @@ class HyperQueueConnector(Connector):
                 job_id = await submit
             except Exception:  # noqa: BLE001 - not submitted: nothing to cancel
                 shutil.rmtree(control, ignore_errors=True)
+                self.journal.ended(resource)
                 raise asyncio.CancelledError from None
             self._leftovers[job_id] = control
-            await self._cancel(job_id, control)
+            resource = self.journal.exists(resource, str(job_id))
+            if await self._cancel(control, job_id):
+                self.journal.ended(resource)
             raise
         except BaseException:
-            shutil.rmtree(control, ignore_errors=True)
+            shutil.rmtree(control, ignore_errors=True)  # without spec.json no command can run
+            self.journal.ended(resource)
             raise
+        resource = self.journal.exists(resource, str(job_id))
         self._leftovers[job_id] = control
         forwarder = _Forwarder(
             capture if job.stdout_path is None or job.stderr_path is None else None
@@ -509,11 +554,14 @@ class HyperQueueConnector(Connector):
         try:
             record = await self._wait(job_id, control, on_started, forwarder)
         except asyncio.CancelledError:
-            await self._cancel(job_id, control)
+            if await self._cancel(control, job_id):
+                self.journal.ended(resource)
             forwarder.pump(final=True)
             raise
         finally:
             self._watched.discard(job_id)
+        if record.get("gone", True):  # else the server went silent: the task may still run
+            self.journal.ended(resource)
         forwarder.pump(final=True)
         outcome = self._outcome(job, job_id, record)
         await self._reap()
@@ -573,7 +621,9 @@ class HyperQueueConnector(Connector):
             await asyncio.sleep(self.cfg.poll_interval)
 
     async def _lost(self, job_id: int, control: Path, reason: str | None = None) -> dict[str, Any]:
-        """The task ended in HyperQueue without the wrapper writing its exit status."""
+        """The task ended in HyperQueue without the wrapper writing its exit status (``reason``
+        None), or the server stopped answering (``gone`` False: it may still run)."""
+        gone = reason is None
         if reason is None:
             reason = "the server no longer knows the job"
             with contextlib.suppress(Exception):
@@ -587,6 +637,7 @@ class HyperQueueConnector(Connector):
                 log = "; wrapper stderr: " + " | ".join(text[-600:].splitlines())
         started = _read_json(control / "started")
         return {
+            "gone": gone,
             "exit_code": None,
             "reason": "lost",
             "started": started.get("time") if started else None,
@@ -602,49 +653,52 @@ class HyperQueueConnector(Connector):
             return _hq_message(ctx.error)
         return None
 
-    async def _cancel(self, job_id: int, control: Path) -> None:
-        """Ask the wrapper to end the command; kill it ourselves if it does not in time."""
+    async def _cancel(self, control: Path, job_id: int | None) -> bool:
+        """Ask the wrapper to end the command (``cancel``); kill the task ourselves if it does
+        not confirm in time and runs on this host.
+
+        True once the command cannot run any more: it ended, it never started (a queued task
+        exits without running it when a worker takes it), or its task is gone (the wrapper's
+        guardian ends what it left). False if that could not be confirmed (logged).
+        """
         with contextlib.suppress(OSError):
             (control / "cancel").touch()
+        name = job_id if job_id is not None else control.name
         if not (control / "pid").exists():
             # Still queued (the wrapper checks ``cancel`` after writing ``pid``): when a worker
             # takes the task, it exits without running the command.
             _logger.info(
-                "location %s: HyperQueue job %s cancelled while queued", self.location, job_id
+                "location %s: HyperQueue job %s cancelled while queued", self.location, name
             )
-            return
+            return True
+        task_gone = await self._wait_for_wrapper(control, job_id)
+        if (control / "exit").exists() or not control.exists():
+            return True  # ended, or cancelled before it started (the wrapper removed it)
+        if kill_task_here(control) or task_gone:
+            return True  # killed here, or the wrapper's guardian ends what it left
+        host = (_read_json(control / "pid") or {}).get("host", "an unknown host")
+        _logger.warning(
+            "location %s: HyperQueue job %s did not confirm its cancellation within %.0f s "
+            "(task on %s, not killable from here)", self.location, name, CANCEL_WAIT_S, host,
+        )  # fmt: skip
+        return False
+
+    async def _wait_for_wrapper(self, control: Path, job_id: int | None) -> bool:
+        """Wait (up to ``CANCEL_WAIT_S``) for the wrapper to write ``exit`` or remove its
+        directory; True if HyperQueue reports the task ended first (the wrapper died)."""
         deadline = time.monotonic() + CANCEL_WAIT_S
         next_check = time.monotonic() + HQ_CHECK_INTERVAL_S
         while time.monotonic() < deadline:
             if (control / "exit").exists() or not control.exists():
-                return  # ended, or cancelled before it started (the wrapper removed it)
-            if time.monotonic() >= next_check:
+                return False
+            if job_id is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + HQ_CHECK_INTERVAL_S
                 with contextlib.suppress(Exception):
                     info = (await self._call(self._status, [job_id])).get(job_id)
                     if info is None or info.get("completed"):
-                        break  # the wrapper is gone; its guardian ends the command
+                        return True
             await asyncio.sleep(self.cfg.poll_interval)
-        started = _read_json(control / "started")
-        pid = _read_json(control / "pid")
-        if started and started.get("host") == socket.gethostname():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(started["pgid"]), signal.SIGKILL)
-        if pid and pid.get("host") == socket.gethostname():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(pid["pid"]), signal.SIGKILL)
-        if (control / "exit").exists():
-            return
-        _logger.warning(
-            "location %s: HyperQueue job %s did not confirm its cancellation within %.0f s%s",
-            self.location,
-            job_id,
-            CANCEL_WAIT_S,
-            ""
-            if started and started.get("host") == socket.gethostname()
-            else f" (task on {started.get('host') if started else 'an unknown host'}, not killable "
-            "from here)",
-        )
+        return False
 
     def _outcome(self, job: JobSpec, job_id: int, record: dict[str, Any]) -> JobOutcome:
         started = record.get("started")
@@ -716,6 +770,40 @@ class _Forwarder:
         if text:
             sys.stderr.write(text)
             sys.stderr.flush()
+
+
+def kill_task_here(control: Path) -> bool:
+    """SIGKILL a task's command group, wrapper and guardian if the task runs on this host;
+    False if it runs elsewhere.
+
+    The group (from ``started``) is killed only while the wrapper or its guardian still runs:
+    they are found by their command line (which ends with the control directory), so a
+    process group id reused since a crash is never hit.
+    """
+    pid = _read_json(control / "pid") or {}
+    if pid.get("host") != socket.gethostname():
+        return False
+    watchers = _wrapper_processes(control)
+    started = _read_json(control / "started") or {}
+    if watchers and "pgid" in started:
+        kill_process_group(int(started["pgid"]), signal.SIGKILL)
+    for watcher in watchers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(watcher, signal.SIGKILL)
+    return True
+
+
+def _wrapper_processes(control: Path) -> list[int]:
+    """Pids on this host of the task wrapper of ``control`` and of its forked guardian."""
+    tail = b"\0" + os.fsencode(control) + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+            if cmdline.read().endswith(tail):
+                found.append(int(entry.name))
+    return found
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

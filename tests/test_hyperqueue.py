@@ -13,16 +13,19 @@ import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hq_server import HqServer, HqUnavailable, process_alive, start_server, stop_server
 from hq_server import hq_server as hq_server  # noqa: F401 - the fixture, until conftest has it
+from hq_slurm_crash_run import crash_once_started
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
 from qflow.connectors import hyperqueue as hq_module
 from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
+from qflow.rundir.journal import read_journal
 
 pytest.importorskip("hyperqueue", reason="the hyperqueue package is not installed")
 
@@ -500,6 +503,45 @@ def test_killed_wrapper_takes_the_command_with_it(hq_server: HqServer, tmp_path:
     assert outcome.exit_code != 0
     assert outcome.message and "without an exit status" in outcome.message, outcome.message
     assert outcome.started is not None  # it did start
+
+
+def test_cancel_orphan_ends_the_task_of_a_killed_run(hq_server: HqServer, tmp_path: Path) -> None:
+    """The job's control directory is journalled before it is submitted: after a real crash
+    (SIGKILL of a qflow stand-in mid-step) the task runs on; cancel_orphan of the journal's
+    record, even without the HyperQueue job id, ends the command's process group and the task."""
+    pids = tmp_path / "pids"
+    journal = tmp_path / "journal.jsonl"
+    config = {"connector": "hyperqueue", "server_dir": str(hq_server.server_dir),
+              "workdir": str(tmp_path / "hq-control")}  # fmt: skip
+    command = ["sh", "-c", f"sleep 60 & echo $$ $! > {pids}; wait"]
+    step = crash_once_started(
+        config, journal, tmp_path, command, lambda: pids.exists() and bool(pids.read_text())
+    )
+    job_id = int(step)
+    alive = read_journal(journal).alive
+    assert sorted(r.kind for r in alive) == ["execution", "hq-job"]
+    (hq_job,) = [r for r in alive if r.kind == "hq-job"]
+    assert hq_job.external_id == str(job_id)
+    assert hq_server.unfinished([job_id]) == [job_id]  # the crash left it running
+    assert all(process_alive(pid) for pid in read_pids(pids))
+
+    async def main() -> None:
+        resumed = make_connector(hq_server, tmp_path)
+        try:
+            for resource in alive:  # as a resume does: oldest first, here without job ids
+                await resumed.cancel_orphan(replace(resource, external_id=None))
+            with pytest.raises(HyperQueueError, match="cannot end a 'slurm-allocation'"):
+                await resumed.cancel_orphan(replace(hq_job, kind="slurm-allocation"))
+        finally:
+            await resumed.stop()
+
+    asyncio.run(main())
+    assert [pid for pid in read_pids(pids) if process_alive(pid)] == []
+    deadline = time.monotonic() + 5
+    while hq_server.unfinished([job_id]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hq_server.unfinished([job_id]) == []
+    assert not Path(hq_job.handle["control"]).exists()
 
 
 def test_config_keys_are_documented() -> None:
