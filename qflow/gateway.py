@@ -35,6 +35,7 @@ from aiohttp import web
 
 from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, TaskInfo
 from qflow.rundir.journal import NO_JOURNAL, Journal, Resource
+from qflow.secrets import redact
 
 _logger = logging.getLogger("qflow.gateway")
 
@@ -376,10 +377,12 @@ class Gateway:
         submitted = time.time()
         try:
             qpu_id = await connector.task_start(task, vendor_key)
-        except BaseException:
+        except BaseException as exc:
             found = await _quietly(connector.task_lookup(vendor_key))
             if found is None:
                 self.journal.ended(resource)
+                if isinstance(exc, Exception):  # the step fails; the record says why
+                    lease.notes.append(f"task refused: {redact(str(exc))}")
                 raise
             qpu_id = found
         lease.tasks[gw_id] = GatewayTask(qpu_id, submitted, self.journal.exists(resource, qpu_id))
@@ -620,8 +623,6 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
             raise
         return web.json_response({"error": exc.reason}, status=exc.status)
     except Exception as exc:  # noqa: BLE001 - the QPU side failed; tell the client why
-        from qflow.secrets import redact
-
         # The QPU refused the request itself (a bad task, 4xx): the same status, so that the
         # client does not retry what cannot succeed. Anything else is 502, also a QPU refusing
         # the vendor credential (401/403: not the step's fault) or asking to slow down.

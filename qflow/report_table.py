@@ -71,7 +71,10 @@ def report_table(report: dict[str, Any]) -> Table:
         ("nodes", ""),
         ("node-s", _fmt(totals["node_seconds"])),
         ("QPU-s", _fmt(totals["qpu_seconds"])),
+        ("est s", ""),
+        ("actual s", ""),
         ("id", ""),
+        ("why", ""),
     ]
     for name, footer in columns:
         table.add_column(name, footer=footer, justify="right" if name.endswith("s") else "left")
@@ -80,6 +83,8 @@ def report_table(report: dict[str, Any]) -> Table:
         run = ended - started if started is not None and ended is not None else None
         wait = started - s["submitted"] if started is not None else None
         status = s["status"] + (" (fallback)" if s.get("fallback") else "")
+        estimate = (s.get("estimate") or {}).get(s.get("location") or "")
+        actual = ended - s["submitted"] if ended is not None else None
         table.add_row(
             s["step"],
             "" if s.get("iteration") is None else str(s["iteration"]),
@@ -91,13 +96,24 @@ def report_table(report: dict[str, Any]) -> Table:
             str(s.get("nodes", 0)),
             _fmt(s.get("node_seconds")),
             _fmt(s.get("qpu_seconds")),
+            _fmt(estimate, 1),
+            _fmt(actual, 1),
             s.get("external_id") or "",
+            _why(s),
         )
     return table
+
+
+def _why(step: dict[str, Any]) -> str:
+    """Why it failed or fell back (the cause, as recorded end to end)."""
+    reasons = [step.get("fallback_reason") if step.get("fallback") else None]
+    if step.get("status") in ("failed", "cancelled"):
+        reasons.append(step.get("message"))
+    return "; ".join(r for r in reasons if r)
 
 
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     if not console.is_terminal:
-        console.width = 160  # a file or a pipe: do not squeeze the table into 80 columns
+        console.width = 200  # a file or a pipe: do not squeeze the table into 80 columns
     console.print(report_table(report))

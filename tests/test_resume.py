@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from conftest import REPO, process_alive, qflow_cli
-from qflow.engine.run_state import JsonLines
+from qflow.connectors.local import tagged_process_groups
+from qflow.rundir.journal import read_journal
+from qflow.rundir.state import JsonLines
 
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
 INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2"]  # two iterations
@@ -47,9 +49,8 @@ def test_kill_9_then_resume_gives_the_same_outputs_without_recomputing(tmp_path:
     os.kill(proc.pid, signal.SIGKILL)  # a crash: no cleanup of any kind
     proc.wait()
     finished_before = {(r["step"], r["iteration"]) for r in _ended(rundir)}
-    events = _lines(rundir / ".qflow" / "inflight.jsonl")
-    ended = {e["ended"] for e in events if "ended" in e}
-    leftovers = [e for e in events if "started" in e and e["started"] not in ended]
+    leftovers = read_journal(rundir / ".qflow" / "journal.jsonl").alive
+    assert leftovers, "the crash left step executions behind"
 
     resumed = qflow_cli("run", "--resume", str(rundir), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -62,10 +63,13 @@ def test_kill_9_then_resume_gives_the_same_outputs_without_recomputing(tmp_path:
     assert reused == finished_before, "every finished execution reused, nothing else"
     assert ("/loop/kmeans", 0) in reused and ("/loop/qubo", 1) in reused
     assert all(r["status"] in ("success", "reused") for r in report["steps"])
-    # what the crashed run left running on this host was cancelled, not orphaned
-    assert not any(process_alive(int(entry["external_id"])) for entry in leftovers)
+    # what the crashed run left running on this host was ended, not orphaned
+    pids = [int(r.external_id) for r in leftovers if r.external_id]
+    assert not any(process_alive(pid) for pid in pids)
+    assert not any(tagged_process_groups(r.id) for r in leftovers)
+    assert read_journal(rundir / ".qflow" / "journal.jsonl").alive == []
 
 
 def test_resume_refuses_a_directory_without_a_run(tmp_path: Path):
     proc = qflow_cli("run", "--resume", str(tmp_path))
-    assert proc.returncode == 2 and "holds no qflow run to resume" in proc.stderr
+    assert proc.returncode == 2 and "holds no qflow run" in proc.stderr

@@ -115,8 +115,17 @@ class QflowExecutor(JobExecutor):
         assert completion is not None
         if completion.job is None:
             return  # a wake-up: a placement finished, the job generators will be polled again
+        job = completion.job
         try:
-            completion.job.finish(completion.outcome, completion.error)
+            job.finish(completion.outcome, completion.error)
         except Exception as exc:  # noqa: BLE001 - reported as a run error, the run goes on
-            logging.getLogger("qflow").exception("delivering %s failed", completion.job.name)
-            self.errors.append(f"{completion.job.name}: {exc}")
+            log = logging.getLogger("qflow")
+            log.debug("delivering %s failed", job.name, exc_info=True)
+            if job.delivered_status not in (None, "success"):
+                # cwltool cannot go on past a failed step (a loop iteration without outputs
+                # to loop on): the step's own failure, logged already, says why
+                self.errors.append(f"{job.name} failed")
+            else:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                log.error("[job %s] cwltool could not take its outputs: %s", job.name, first)
+                self.errors.append(f"{job.name}: {first}")

@@ -23,7 +23,7 @@ from cwltool.job import CommandLineJob, relink_initialworkdir
 from cwltool.utils import bytes2str_in_dicts
 
 from qflow.connector import JobOutcome, JobSpec, Resources
-from qflow.engine.reuse import job_key, link_outputs
+from qflow.engine.reuse import ReuseKey, job_key, link_outputs
 from qflow.placement import Placement
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class ConnectorJob(CommandLineJob):
 
     step_path: str = "/"
     iteration: int | None = None
-    _reuse_key: str | None = None
+    _reuse_key: ReuseKey | None = None
     placement: Placement | None = None
     """Where it runs: decided before cwltool built the job (see qflow.placement)."""
 
@@ -79,6 +79,12 @@ class ConnectorJob(CommandLineJob):
                 dispatcher.release_unused(self.placement)
                 self.finish(JobOutcome(exit_code=0))
                 return
+            why = store.why_not(self.step_path, self.iteration, self._reuse_key)
+            if why is not None:
+                it = "" if self.iteration is None else f" #{self.iteration}"
+                logging.getLogger("qflow").warning(
+                    "%s%s runs again, not reused: %s", self.step_path, it, why
+                )
         dispatcher.submit(self, spec)
 
     def _job_spec(
@@ -146,8 +152,9 @@ class ConnectorJob(CommandLineJob):
         if outcome is None:
             _logger.error("[job %s] could not run: %s", self.name, error)
             status = "permanentFail"
+        elif self._falls_back(status := self.status_for(outcome.exit_code)):
+            pass  # its classical implementation runs next; qflow says so, once
         else:
-            status = self.status_for(outcome.exit_code)
             if status != "success":
                 why = f" ({outcome.message})" if outcome.message else ""
                 _logger.warning(
@@ -174,13 +181,26 @@ class ConnectorJob(CommandLineJob):
         self._forget_secret_files(rc)
         store = rc.qflow_dispatcher.reuse  # type: ignore[attr-defined]
         if status == "success" and store is not None and self._reuse_key:
-            store.record(self._reuse_key, self.outdir)
+            store.record(self._reuse_key, self.outdir, self.step_path, self.iteration)
         self._deliver(outputs, status)
         self._cleanup(rc)
         return status
 
+    delivered_status: str | None = None
+    """The CWL status handed to cwltool (None until then)."""
+
+    def _falls_back(self, status: str) -> bool:
+        """A failed quantum execution whose step has a classical candidate to fall back on:
+        a handled failure, with no outputs to collect."""
+        if status == "success" or self.placement is None or not self.placement.quantum:
+            return False
+        placer = self._runtime_context.qflow_dispatcher.placer  # type: ignore[attr-defined]
+        return bool(placer.has_classical_candidate(self.step_path))
+
     def _deliver(self, outputs: dict[str, Any], status: str) -> None:
-        log = _logger.info if status == "success" else _logger.warning
+        self.delivered_status = status
+        quiet = status != "success" and self._falls_back(status)
+        log = _logger.info if status == "success" else _logger.debug if quiet else _logger.warning
         log("[job %s] completed %s", self.name, status)
         if self.output_callback:
             with self._runtime_context.workflow_eval_lock:  # type: ignore[union-attr]

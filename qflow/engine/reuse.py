@@ -12,6 +12,7 @@ directory instead of running it again. Entries are lines of ``RUNDIR/.qflow/reus
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,6 +28,15 @@ if TYPE_CHECKING:
     from qflow.rundir.state import JsonLines
 
 
+@dataclasses.dataclass(frozen=True)
+class ReuseKey:
+    """What defines a step execution, hashed: the whole, and each part (to say which
+    differs when an execution of the interrupted run is not reused)."""
+
+    key: str
+    parts: dict[str, str]
+
+
 class ReuseStore:
     """Key -> output directories of the successful step executions of a run directory.
 
@@ -37,53 +47,90 @@ class ReuseStore:
     def __init__(self, log: JsonLines) -> None:
         self._log = log
         self._previous: dict[str, list[str]] = {}
+        self._parts: dict[tuple[str, int | None], list[dict[str, str]]] = {}
         for entry in log.read():
             self._previous.setdefault(entry["key"], []).append(entry["outdir"])
+            if "step" in entry:
+                where = (entry["step"], entry.get("iteration"))
+                self._parts.setdefault(where, []).append(entry.get("parts", {}))
         self._lock = threading.Lock()
 
-    def lookup(self, key: str) -> str | None:
+    def lookup(self, key: ReuseKey) -> str | None:
         """An unused earlier execution with this key whose outputs are still there."""
         with self._lock:
-            candidates = self._previous.get(key, [])
+            candidates = self._previous.get(key.key, [])
             while candidates:
                 outdir = candidates.pop(0)
                 if os.path.isdir(outdir):
                     return outdir
         return None
 
-    def record(self, key: str, outdir: str) -> None:
-        self._log.append({"key": key, "outdir": outdir})
+    def why_not(self, step: str, iteration: int | None, key: ReuseKey) -> str | None:
+        """Why the interrupted run's execution of this step and iteration is not reused
+        (None: it had none)."""
+        earlier = self._parts.get((step, iteration))
+        if not earlier:
+            return None
+        differ = [name for name, value in key.parts.items() if earlier[0].get(name) != value]
+        if not differ:
+            return "its outputs are gone or were already reused"
+        return f"its {' and '.join(differ)} differ from the interrupted run's"
+
+    def record(self, key: ReuseKey, outdir: str, step: str, iteration: int | None) -> None:
+        self._log.append({"key": key.key, "outdir": outdir, "step": step,
+                          "iteration": iteration, "parts": key.parts})  # fmt: skip
 
 
-def job_key(job: ConnectorJob, spec: JobSpec) -> str:
-    """What makes two executions interchangeable, independent of this run's temp paths."""
+def job_key(job: ConnectorJob, spec: JobSpec) -> ReuseKey:
+    """What makes two executions interchangeable: the command line, the environment the
+    step declares (EnvVarRequirement, not what qflow inherited: a PATH of another shell
+    must not prevent reuse) and the contents of its inputs; never this run's temp paths."""
     identities = _input_identities(job)
-    replacements = [(job.outdir, "@outdir"), (job.tmpdir, "@tmpdir")]
+    fixed = [(job.outdir, "@outdir"), (job.tmpdir, "@tmpdir")]
     if job.stagedir:
-        replacements.append((job.stagedir, "@stagedir"))
+        fixed.append((job.stagedir, "@stagedir"))
+    inputs, shapes = list(fixed), list(fixed)
     for location, entry in job.pathmapper.items():
         identity = identities.get(location) or _stat_identity(entry.resolved)
-        replacements += [(entry.target, identity), (entry.resolved, identity)]
-    replacements.sort(key=lambda pair: len(pair[0]), reverse=True)  # longest paths first
+        inputs += [(entry.target, identity), (entry.resolved, identity)]
+        shapes += [(entry.target, "@input"), (entry.resolved, "@input")]
 
-    def canonical(text: str | None) -> str | None:
+    def canonical(text: str | None, replacements: list[tuple[str, str]]) -> str | None:
         if text is None:
             return None
-        for path, stand_in in replacements:
+        for path, stand_in in sorted(replacements, key=lambda p: len(p[0]), reverse=True):
             if path:
                 text = text.replace(path, stand_in)
         return text
 
-    volatile = {"HOME", "TMPDIR", "QFLOW_QPU_URL", "QFLOW_QPU_TOKEN"}  # per run or per step
+    declared = _declared_variables(job)
     material = {
-        "command": [canonical(arg) for arg in spec.command],
-        "stdin": canonical(spec.stdin_path),
-        "stdout": job.stdout,
-        "stderr": job.stderr,
-        "env": {k: canonical(v) for k, v in sorted(spec.env.items()) if k not in volatile},
-        "step": spec.step,
+        "command line": [canonical(arg, shapes) for arg in spec.command]
+        + [canonical(spec.stdin_path, shapes), job.stdout, job.stderr],
+        "inputs": [canonical(arg, inputs) for arg in spec.command]
+        + [canonical(spec.stdin_path, inputs)],
+        "environment": {k: canonical(v, inputs) for k, v in sorted(spec.env.items())
+                        if k in declared},  # fmt: skip
     }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    parts = {name: _digest(value) for name, value in material.items()}
+    return ReuseKey(_digest({"step": spec.step, **parts}), parts)
+
+
+def _declared_variables(job: ConnectorJob) -> set[str]:
+    """Variables the step's EnvVarRequirement sets (the rest is inherited or per run)."""
+    names: set[str] = set()
+    for requirement in [*job.requirements, *job.hints]:
+        if requirement.get("class") == "EnvVarRequirement":
+            envdef = requirement.get("envDef") or []
+            if isinstance(envdef, dict):  # the map form, not normalised everywhere
+                names.update(envdef)
+            else:
+                names.update(str(entry.get("envName")) for entry in envdef)
+    return names
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _input_identities(job: ConnectorJob) -> dict[str, str]:

@@ -133,6 +133,8 @@ def run_cwl(
     cwltool_logger = logging.getLogger("cwltool")
     cwltool_logger.propagate = False  # its handler's level follows --quiet/--debug
     logging.getLogger("salad").propagate = False  # cwltool gives salad the same handler
+    if not args.debug:  # cwl_utils logs JavaScript failures with tracebacks; cwltool's own
+        logging.getLogger("cwl_utils").setLevel(logging.CRITICAL)  # error says what failed
     started = time.time()
     status: RunStatus
     try:
