@@ -45,11 +45,17 @@ SecretReference = Annotated[str, AfterValidator(check_reference)]
 
 
 def _read(kind: str, where: str) -> str:
+    """The credential; an empty one is refused here, at load, not by the service mid-run."""
     if kind == "env":
         if where not in os.environ:
             raise SecretError(
                 f"environment variable {where} is not set. Fix: export {where}=... before "
                 "running qflow"
+            )
+        if not os.environ[where].strip():
+            raise SecretError(
+                f"environment variable {where} is empty. Fix: export {where}=<the credential> "
+                "before running qflow"
             )
         return os.environ[where]
     path = Path(where).expanduser()
@@ -61,7 +67,10 @@ def _read(kind: str, where: str) -> str:
         raise SecretError(
             f"credential file {path} is accessible by other users. Fix: chmod 600 {path}"
         )
-    return path.read_text(encoding="utf-8").strip()
+    value = path.read_text(encoding="utf-8").strip()
+    if not value:
+        raise SecretError(f"credential file {path} is empty. Fix: write the credential in it")
+    return value
 
 
 def resolve_secret(reference: str) -> str:

@@ -23,20 +23,19 @@ def load_process(workflow: str) -> Process:
     return load_tool(str(Path(workflow).resolve()), context)
 
 
-def validate_workflow(workflow: str, deployment: Deployment) -> tuple[list[str], list[str]]:
-    """Problems that would stop a run before anything is allocated, and warnings."""
+def validate_workflow(workflow: str, deployment: Deployment) -> list[str]:
+    """Problems that would stop a run before anything is allocated; [] when it may start."""
     if not Path(workflow).is_file():
-        return [f"{workflow}: no such file. Fix: check the path of the CWL workflow"], []
+        return [f"{workflow}: no such file. Fix: check the path of the CWL workflow"]
     cwltool_log = logging.getLogger("cwltool")
     level = cwltool_log.level
     cwltool_log.setLevel(logging.ERROR)
     try:
         process = load_process(workflow)
     except ValidationException as exc:
-        return [f"{workflow}: invalid CWL:\n{exc}"], []
+        return [f"{workflow}: invalid CWL:\n{exc}"]
     except Exception as exc:  # noqa: BLE001 - cwltool raises many kinds; all are bad input
-        return [f"{workflow}: cannot be loaded: {exc}"], []
+        return [f"{workflow}: cannot be loaded: {exc}"]
     finally:
         cwltool_log.setLevel(level)
-    paths = step_paths(process)
-    return deployment.check_steps(paths), deployment.unused_bindings(paths)
+    return deployment.check_steps(step_paths(process))

@@ -1,19 +1,22 @@
-"""Random and mutated deployment files and arguments: always a clear exit 2, never a traceback,
-never an allocation (property-based, hypothesis)."""
+"""Random and mutated deployment files and arguments (property-based, hypothesis), then the
+cases found by hand: always a clear exit 2, never a traceback, never an allocation."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, qflow_cli
 from qflow import cli
 from qflow.deployment import DeploymentError, parse_deployment
 
@@ -128,3 +131,128 @@ def test_random_arguments_never_crash(argv: list[str]):
             assert exc.code in (0, 2)
             return
     assert code in (0, 1, 2)
+
+
+# --- cases found by hand: the real command, exit 2, FILE[:LINE], a fix, nothing written ----------
+
+
+def _refused(proc: subprocess.CompletedProcess[str], *says: str, outdir: Path | None = None):
+    """The contract for bad input: exit 2, a message naming it with a fix, nothing written."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for text in (*says, "Fix:"):
+        assert text in proc.stderr, proc.stderr
+    assert outdir is None or not outdir.exists(), "bad input, yet the run directory was made"
+
+
+SLEEP = str(DATA / "sleep.cwl")
+HERE = "version: 1\nlocations:\n  here: {connector: local}\n"
+
+
+def test_run_reports_a_deployment_that_is_not_yaml_as_a_deployment(tmp_path: Path):
+    broken = tmp_path / "site.yml"  # not named like a deployment: its keys give it away
+    broken.write_text(HERE + "bindings: {default: [here}\n")
+    out = tmp_path / "out"
+    proc = qflow_cli("run", SLEEP, str(broken), "--outdir", str(out))
+    _refused(proc, "site.yml:4:", "YAML syntax error", outdir=out)
+    assert "job order" not in proc.stderr
+
+    not_utf8 = tmp_path / "site-latin1.yml"
+    not_utf8.write_bytes((HERE + "# café\nbindings: {default: here}\n").encode("latin-1"))
+    proc = qflow_cli("run", SLEEP, str(not_utf8), "--outdir", str(out))
+    _refused(proc, "site-latin1.yml:4:6: byte 0xe9 is not UTF-8", outdir=out)
+    proc = qflow_cli("validate", SLEEP, str(not_utf8))
+    _refused(proc, f"{not_utf8}:4:6: byte 0xe9 is not UTF-8")
+
+
+def test_run_still_takes_a_job_order_in_the_deployment_place(tmp_path: Path):
+    job = tmp_path / "job.yml"
+    job.write_text(f"pidfile: {tmp_path / 'pid'}\nseconds: 0\n")
+    proc = qflow_cli("run", "--quiet", SLEEP, str(job), "--outdir", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "pid").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "deployment"),
+    [
+        ("job.yml", "seconds: 0\n", False),
+        ("job.yml", "seconds: [0\n", False),  # broken, but nothing of a deployment in it
+        ("job.json", '{"locations": 3, "n": 1}', True),  # deployment keys decide
+        ("site.yml", "version: 1\n", True),
+        ("site.yml", "locations:\n  here: {connector: local\n", True),
+        ("site.yml", b"bindings: {default: here}\n# \xe9\n", True),
+        ("deployment.yml", "- here\n", True),  # no job order either: the name decides
+        ("job.yml", "- here\n", False),
+        ("deploy.yml", None, True),  # missing
+        ("job.yml", None, False),
+    ],
+)  # fmt: skip
+def test_looks_like_deployment(
+    tmp_path: Path, name: str, content: str | bytes | None, deployment: bool
+):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    assert cli.looks_like_deployment(str(path)) is deployment
+
+
+def test_a_deployment_that_is_a_directory_is_named_with_the_file_to_give(tmp_path: Path):
+    directory = tmp_path / "site"
+    directory.mkdir()
+    assert cli.looks_like_deployment(str(directory))  # a directory is no job order
+    out = tmp_path / "out"
+    for command in ("run", "--outdir", str(out)), ("validate",):
+        proc = qflow_cli(command[0], SLEEP, str(directory), *command[1:])
+        _refused(proc, f"{directory}: is a directory", outdir=out)
+    (directory / "deployment.yml").write_text(HERE)
+    proc = qflow_cli("run", SLEEP, str(directory), "--outdir", str(out))
+    _refused(proc, f"Fix: give the file: {directory / 'deployment.yml'}", outdir=out)
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_service_ports_out_of_range_are_usage_errors(tmp_path: Path, port: str):
+    deployment = tmp_path / "site.yml"
+    deployment.write_text(HERE)
+    env = {**os.environ, "QFLOW_TEST_TOKEN": "a-token-1234"}
+    gateway = ["gateway", str(deployment), "--admin-token", "${env:QFLOW_TEST_TOKEN}"]
+    for service in (["emulator", "--token", "a-token-1234"], gateway):
+        proc = qflow_cli(*service, "--port", port, env=env, timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        assert f"argument --port: invalid port '{port}'" in proc.stderr
+        assert "0 to 65535" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_an_empty_credential_is_refused_at_load(tmp_path: Path, where: str):
+    secret_file = tmp_path / "token"
+    secret_file.write_text("\n")
+    secret_file.chmod(0o600)
+    reference = "${env:QFLOW_TEST_EMPTY}" if where == "env" else f"${{file:{secret_file}}}"
+    deployment = tmp_path / "site.yml"
+    deployment.write_text(
+        HERE + f"  qpu:\n    connector: rest\n    url: http://127.0.0.1:9\n    token: {reference}\n"
+        "bindings:\n  default: here\n  /sleep: [qpu, here]\n"
+    )
+    env = {**os.environ, "QFLOW_TEST_EMPTY": ""}
+    out = tmp_path / "out"
+    proc = qflow_cli("run", SLEEP, str(deployment), "--outdir", str(out), env=env)
+    _refused(proc, "site.yml:7: locations.qpu.token:", "is empty", outdir=out)
+    _refused(qflow_cli("validate", SLEEP, str(deployment), env=env), "site.yml:7:", "is empty")
+
+
+def test_a_binding_that_names_no_step_is_an_error(tmp_path: Path):
+    deployment = tmp_path / "site.yml"
+    deployment.write_text(
+        HERE + "  other: {connector: local}\nbindings:\n  default: here\n  /loop/secnd: other\n"
+    )
+    workflow = str(DATA / "loop-counter.cwl")
+    out = tmp_path / "out"
+    says = (
+        "site.yml:7: bindings./loop/secnd: the workflow has no step /loop/secnd",
+        "Fix: did you mean '/loop/second'?",
+    )
+    _refused(qflow_cli("run", workflow, str(deployment), "--outdir", str(out)), *says, outdir=out)
+    _refused(qflow_cli("validate", workflow, str(deployment)), *says)

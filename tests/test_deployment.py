@@ -355,16 +355,26 @@ def test_unbound_step_without_default():
     assert issubclass(UnboundStepError, LookupError)
 
 
-def test_binding_naming_a_step_that_does_not_exist_is_a_warning():
-    text = GOOD.replace("/loop: compute", "/lop: compute")
+def test_binding_naming_a_step_that_does_not_exist_is_an_error():
+    text = GOOD.replace("  default: here\n", "").replace("/loop: compute", "/lop: compute")
     deployment = parse_deployment(text, "deploy.yml")
     steps = ["/prepare", "/loop/annealing", "/loop/score"]
-    messages = deployment.unused_bindings(steps)
-    assert messages == [
+    assert deployment.check_steps(steps) == [  # with the unbound steps, in file order
+        f"deploy.yml:{line(text, 'bindings:')}: bindings: step /prepare is not bound to any "
+        "location. Fix: add a binding for /prepare or a default",
+        f"deploy.yml:{line(text, 'bindings:')}: bindings: step /loop/score is not bound to any "
+        "location. Fix: add a binding for /loop/score or a default",
         f"deploy.yml:{line(text, '/lop:')}: bindings./lop: the workflow has no step /lop. "
         "Fix: did you mean '/loop'? Otherwise remove the binding or bind an existing step path "
-        "(steps: /prepare, /loop, /loop/annealing, /loop/score)"
+        "(steps: /prepare, /loop, /loop/annealing, /loop/score)",
     ]
+
+
+def test_the_embedded_default_may_bind_steps_a_workflow_lacks():
+    """It serves every workflow: its /loop/annealing binding is no typo for /sleep."""
+    assert embedded_default().check_steps(["/sleep"]) == []
+    same = parse_deployment(EMBEDDED_DEFAULT.read_text(), "local.yml")
+    assert "local.yml:" in only(same.check_steps(["/sleep"]))
 
 
 def test_all_steps_bound():

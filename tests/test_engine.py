@@ -5,14 +5,12 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DATA, REPO, deployment_from, process_alive, run_in_process
+from conftest import DATA, deployment_from, process_alive, qflow_interruptible, run_in_process
 from qflow.connector import JobOutcome, JobSpec, JobStartedCallback
 from qflow.connectors.local import LocalConnector
 from qflow.deployment import embedded_default
@@ -176,15 +174,9 @@ def test_unbound_step_is_bad_input_and_runs_nothing(tmp_path: Path):
 def test_interrupt_cancels_running_steps(tmp_path: Path, sig: int, code: int):
     pidfile = tmp_path / "pid"
     outdir = tmp_path / "out"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "qflow.cli", "run", "--quiet", "--outdir", str(outdir),
-            str(DATA / "sleep.cwl"), "--", "--pidfile", str(pidfile), "--seconds", "600",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = qflow_interruptible(
+        "run", "--quiet", "--outdir", str(outdir), str(DATA / "sleep.cwl"),
+        "--", "--pidfile", str(pidfile), "--seconds", "600",
     )  # fmt: skip
     try:
         deadline = time.time() + 120

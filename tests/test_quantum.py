@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from emulator_proc import emulator, emulator_stats, gateway_user_deployment, serve
 
-from conftest import DATA, REPO, deployment_from, run_in_process
+from conftest import DATA, REPO, deployment_from, qflow_interruptible, run_in_process
 
 QUBO = DATA / "mis5.qubo.json"
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
@@ -228,11 +228,10 @@ def test_interrupt_cancels_the_qpu_task_and_frees_the_slot(tmp_path: Path, vendo
     with emulator(vendor_token) as url:
         deployment = tmp_path / "d.yml"
         deployment.write_text(_rest_deployment(url, "backend: neutral-atom"))  # a 2-minute task
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qflow.cli", "run", "--quiet", "--outdir", str(tmp_path / "o"),
-             str(DATA / "qubo-solve.cwl"), str(deployment), "--", "--qubo", str(QUBO)],
-            cwd=REPO, env={**os.environ, "QPU_TOKEN": vendor_token},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        proc = qflow_interruptible(
+            "run", "--quiet", "--outdir", str(tmp_path / "o"), str(DATA / "qubo-solve.cwl"),
+            str(deployment), "--", "--qubo", str(QUBO),
+            env={**os.environ, "QPU_TOKEN": vendor_token},
         )  # fmt: skip
         try:
             deadline = time.time() + 60

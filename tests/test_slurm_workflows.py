@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DATA, REPO, qflow_cli
+from conftest import DATA, REPO, qflow_cli, qflow_interruptible
 
 pytestmark = pytest.mark.slurm
 
@@ -80,12 +80,10 @@ def test_failing_step_and_retries(slurm_cluster: Any, tmp_path: Path):
 
 
 def test_ctrl_c_cancels_every_slurm_job(slurm_cluster: Any, tmp_path: Path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qflow.cli", "run", "--quiet", "--outdir", str(tmp_path / "o"),
-         str(DATA / "sleep-scatter.cwl"), str(_deployment(tmp_path)), "--",
-         "--seconds", "300", "--seconds", "300", "--seconds", "300"],
-        cwd=REPO, env=slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+    proc = qflow_interruptible(
+        "run", "--quiet", "--outdir", str(tmp_path / "o"), str(DATA / "sleep-scatter.cwl"),
+        str(_deployment(tmp_path)), "--", "--seconds", "300", "--seconds", "300",
+        "--seconds", "300", env=slurm_cluster.env,
     )  # fmt: skip
     try:
         deadline = time.time() + 60
