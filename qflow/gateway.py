@@ -260,8 +260,9 @@ class Gateway:
             self._refuse_withdrawn(key)
             await self._check_online(location)
             await slots.take(max_wait)
-        except LeaseRefused:
-            slots.refused += 1
+        except LeaseRefused as exc:
+            if not (exc.busy and max_wait == 0):  # a probe for a free vQPU is no refusal
+                slots.refused += 1
             raise
         if key is not None and key in self._withdrawn:  # withdrawn while it waited
             await slots.give_back()

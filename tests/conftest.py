@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hq_server import hq_server  # noqa: F401 - the HyperQueue server fixture
@@ -23,6 +24,13 @@ pytest_plugins = ["conftest_slurm"]  # the session-scoped real Slurm cluster (sl
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _own_placement_history(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Each test keeps its placement history (XDG_STATE_HOME) to itself, so its estimates
+    never come from another test or from this machine's own runs."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
 
 
 def deployment_from(text: str, source: str = "test-deployment.yml") -> Deployment:
@@ -51,6 +59,25 @@ def qflow_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.Complete
         env=kwargs.pop("env", os.environ.copy()),
         **kwargs,
     )
+
+
+def qflow_interruptible(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """Start the real ``qflow`` in the background, for tests that send it SIGINT.
+
+    A shell starts a background job (``pytest ... &``) with SIGINT ignored and children inherit
+    that, so Python would install no KeyboardInterrupt handler: the child puts it back first,
+    as at a terminal (in the child itself: a ``preexec_fn`` is unsafe with threads around).
+    """
+    restore = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    return subprocess.Popen(
+        [sys.executable, "-c", f"{restore}; import sys, qflow.cli; sys.exit(qflow.cli.main())",
+         *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=kwargs.pop("cwd", REPO),
+        **kwargs,
+    )  # fmt: skip
 
 
 @pytest.fixture

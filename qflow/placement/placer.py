@@ -143,7 +143,7 @@ class Placer:
         """A lease on the first QPU free now, else on whichever frees first within its
         ``max_wait``; None (with the reasons) if none does."""
         waiting: list[str] = []
-        for location in quantum:
+        for location in quantum if len(quantum) > 1 else []:  # probes keep binding order
             try:
                 return location, await self.qpus.lease(location, step, 0.0)
             except LeaseRefused as exc:
@@ -151,6 +151,8 @@ class Placer:
                     waiting.append(location)
                 else:
                     reasons.append(str(exc))
+        if len(quantum) == 1:
+            waiting = quantum
         if not waiting:
             return None
         tasks = {
