@@ -197,7 +197,7 @@ def test_unknown_location_key_suggests_the_closest():
     number = line(text, "partiton")
     assert message.startswith(f"deploy.yml:{number}: locations.compute.partiton: unknown key.")
     assert "did you mean 'partition'?" in message
-    assert "connector, slots, nodes, quantum, retries, partition, time" in message
+    assert "connector, slots, nodes, quantum, retries, placement, partition, time" in message
 
 
 @pytest.mark.parametrize(
