@@ -7,23 +7,20 @@ allocated, 130/143 interrupted (SIGINT/SIGTERM).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
+import re
 import sys
 from pathlib import Path
 
 from rich.console import Console
-from ruamel.yaml import YAML
+from ruamel.yaml import YAML, YAMLError
 
 from qflow import __version__
 from qflow.deployment import (
     TOP_LEVEL_KEYS,
-    Deployment,
     DeploymentError,
-    embedded_default,
     load_deployment,
 )
-from qflow.engine.run_state import Invocation, RunState
 from qflow.report_table import REPORT_NAME
 from qflow.secrets import RedactingFilter, redact
 
@@ -40,98 +37,43 @@ def _fail(message: str) -> int:
 def looks_like_deployment(path: str) -> bool:
     """Tells ``qflow run WF X`` apart: is X a deployment or a job order?
 
-    A mapping with a deployment's own keys (locations, bindings, policy), or with nothing but
-    deployment keys (``version: 1`` alone), is a deployment; anything else is a job order.
+    cwltool takes only a YAML mapping of the workflow's inputs as a job order. A mapping with a
+    deployment's own keys (locations, bindings, policy), or with nothing but deployment keys
+    (``version: 1`` alone), is a deployment; any other mapping is a job order. What cwltool
+    would refuse anyway (a directory, a file that is no YAML mapping) is a deployment when its
+    name says so or, if it does not even parse, a line starts with one of those keys: its
+    error is then reported as a deployment's, with the line and the fix.
     """
+    file = Path(path)
+    if file.is_dir():
+        return True
+    named = file.suffix in (".yml", ".yaml") and "deploy" in file.name.lower()
+    own_keys = ("locations", "bindings", "policy")  # `version` alone could be an input's name
     try:
-        data = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
-    except Exception:  # noqa: BLE001 - unreadable files are reported by whoever loads them
-        return path.endswith((".yml", ".yaml")) and "deploy" in Path(path).name
+        raw = file.read_bytes()
+    except OSError:  # missing or unreadable: reported by whoever loads it
+        return named
+    try:
+        data = YAML(typ="safe").load(raw.decode("utf-8"))
+    except (YAMLError, ValueError):  # bad syntax, bytes that are not UTF-8, a bad date
+        text = raw.decode("utf-8", errors="replace")
+        return named or any(re.search(rf"^['\"]?{key}['\"]?\s*:", text, re.M) for key in own_keys)
     if not isinstance(data, dict):
-        return False
+        return named
     keys = set(data)
-    return bool(keys & {"locations", "bindings", "policy"}) or (
-        "version" in keys and keys <= set(TOP_LEVEL_KEYS)
-    )
-
-
-def _deployment(path: str | None) -> Deployment:
-    return load_deployment(path) if path else embedded_default()
+    return bool(keys & set(own_keys)) or ("version" in keys and keys <= set(TOP_LEVEL_KEYS))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.resume:
-        state = RunState(Path(args.resume).resolve())
-        if not state.exists():
-            return _fail(
-                f"{args.resume} holds no qflow run to resume (no {state.dir}/run.json). "
-                "Fix: give the --outdir of an earlier qflow run"
-            )
-        if args.workflow:
-            return _fail("--resume takes the run directory only; the workflow is the run's own")
-        return _run(state.invocation(), state, args, resume=True)
-    if not args.workflow:
-        return _fail("give a WORKFLOW to run, or --resume RUNDIR")
-    deployment_path, job = args.deployment, args.job
-    if deployment_path and job is None and not looks_like_deployment(deployment_path):
-        deployment_path, job = None, deployment_path
-    for label, path in (("workflow", args.workflow), ("job order", job)):
-        if path and not Path(path).is_file():
-            return _fail(f"{label} file {path} does not exist. Fix: check the path")
-    outdir = Path(args.outdir).resolve()
-    invocation = Invocation(
-        workflow=str(Path(args.workflow).resolve()),
-        deployment=str(Path(deployment_path).resolve()) if deployment_path else None,
-        job=str(Path(job).resolve()) if job else None,
-        inputs=list(args.inputs),
-        report=str(Path(args.report).resolve()) if args.report else str(outdir / REPORT_NAME),
-    )
-    return _run(invocation, RunState(outdir), args, resume=False)
+    from qflow.run_command import cmd_run as run
+
+    return run(args, looks_like_deployment)
 
 
-def _run(invocation: Invocation, state: RunState, args: argparse.Namespace, resume: bool) -> int:
-    from qflow.engine.runner import run_cwl
-    from qflow.ledger import Ledger
-    from qflow.progress import Progress
+def cmd_clean(args: argparse.Namespace) -> int:
+    from qflow.run_command import cmd_clean as clean
 
-    try:
-        deployment = _deployment(invocation.deployment)
-    except DeploymentError as exc:
-        return _fail(str(exc))
-    ledger = Ledger()
-    if resume:
-        ledger.remember(state.previous_records())
-    else:
-        state.start_fresh(invocation)
-    argv = [
-        "--outdir", str(state.rundir), "--tmpdir-prefix", state.tmp_prefix,
-        "--tmp-outdir-prefix", state.steps_prefix, "--disable-color",
-    ]  # fmt: skip
-    if not args.verbose:
-        argv.append("--quiet")
-    if args.no_container:
-        argv.append("--no-container")
-    argv += [invocation.workflow, *([invocation.job] if invocation.job else []), *invocation.inputs]
-    with contextlib.ExitStack() as stack:
-        if not args.quiet:
-            stack.enter_context(Progress(ledger))
-        result = run_cwl(
-            argv,
-            deployment,
-            report_path=invocation.report,
-            ledger=ledger,
-            state=state,
-            orphans=state.leftovers() if resume else [],
-        )
-    if result.report is not None and not args.quiet:
-        totals = result.report["totals"]
-        reused = sum(1 for r in result.report["steps"] if r["status"] == "reused")
-        _err.print(
-            f"qflow: {result.status}: {totals['steps']} step executions ({reused} reused), "
-            f"{totals['node_seconds']:.1f} node-s, {totals['qpu_seconds']:.1f} QPU-s, "
-            f"{totals['fallbacks']} fallbacks; report: {invocation.report}"
-        )
-    return result.exit_code
+    return clean(args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -141,9 +83,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         deployment = load_deployment(args.deployment)
     except DeploymentError as exc:
         return _fail(str(exc))
-    problems, warnings = validate_workflow(args.workflow, deployment)
-    for warning in warnings:
-        _err.print(f"qflow: warning: {warning}", markup=False)
+    problems = validate_workflow(args.workflow, deployment)
     if problems:
         return _fail("\n".join(problems))
     _err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
@@ -222,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show cwltool's own log")
     run.add_argument("--no-container", action="store_true", help="ignore DockerRequirement hints")
     run.set_defaults(func=cmd_run)
+
+    clean = sub.add_parser(
+        "clean",
+        help="end what a crashed run left alive (jobs, allocations, QPU tasks); "
+        "the run can still be resumed",
+    )
+    clean.add_argument("rundir", metavar="RUNDIR", help="the crashed run's --outdir")
+    clean.set_defaults(func=cmd_clean)
 
     validate = sub.add_parser("validate", help="check a workflow and a deployment together")
     validate.add_argument("workflow")

@@ -42,6 +42,8 @@ EMBEDDED_SOURCE = "<embedded local.yml>"
 
 Allocation = Literal["per-step", "held", "malleable", "auto"]
 SUPPORTED_ALLOCATIONS: tuple[str, ...] = ("per-step", "held", "malleable", "auto")
+PlacementRule = Literal["first", "earliest-finish"]
+PLACEMENT_RULES: tuple[str, ...] = ("first", "earliest-finish")
 
 _LOCATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SECRET_KEY = re.compile(r"token|secret|passw|api_?key|credential", re.IGNORECASE)
@@ -74,6 +76,21 @@ class Policy(BaseModel):
         "Slurm locations (a location's `allocation` key overrides it).",
     )
 
+    placement: PlacementRule = Field(
+        default="first",
+        description="How a step's location is chosen among its binding's candidates. first: "
+        "the quantum candidates in order (waiting for them up to their max_wait), then the "
+        "classical ones in order, waiting for whichever frees first; earliest-finish: the "
+        "candidate expected to finish the step first, from measured run and queue times "
+        "(docs/placement.md). A binding's or its first location's `placement` overrides it.",
+    )
+    history: str | None = Field(
+        default=None,
+        description="File where run times measured by earlier runs are kept for "
+        "earliest-finish placement (per site: every run of this user adds to it); `none` "
+        "keeps none. Unset: $XDG_STATE_HOME/qflow/history.json (~/.local/state/qflow).",
+    )
+
     @field_validator("allocation")
     @classmethod
     def _implemented(cls, value: str) -> str:
@@ -98,6 +115,10 @@ class Deployment:
     policy: Policy = dataclasses.field(default_factory=Policy)
     binding_allocations: dict[str, str] = dataclasses.field(default_factory=dict)
     """Binding key -> the allocation strategy that binding sets for its steps."""
+    binding_placements: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Binding key -> the placement rule that binding sets for its steps."""
+    binding_hints: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    """Binding key -> location -> the run time its steps are expected to take there."""
     binding_lines: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
     """1-based line of each binding key, for messages about bindings."""
     bindings_line: int = dataclasses.field(default=1, repr=False)
@@ -110,6 +131,19 @@ class Deployment:
     def allocation_for(self, step_path: str) -> str | None:
         """The strategy the binding of ``step_path`` sets; None: the location's or policy's."""
         return self.binding_allocations.get(self.binding_of(step_path))
+
+    def placement_for(self, step_path: str) -> str:
+        """The placement rule of ``step_path``: its binding's, else its first candidate
+        location's, else the policy's."""
+        key = self.binding_of(step_path)
+        if key in self.binding_placements:
+            return self.binding_placements[key]
+        first = self.locations[self.bindings[key][0]]
+        return getattr(first, "placement", None) or self.policy.placement
+
+    def expected_seconds(self, step_path: str, location: str) -> float | None:
+        """The ``expected_seconds`` hint of the binding of ``step_path`` for ``location``."""
+        return self.binding_hints.get(self.binding_of(step_path), {}).get(location)
 
     def binding_of(self, step_path: str) -> str:
         """The most specific binding of ``step_path``: exact, nearest ancestor, else default."""
@@ -131,46 +165,45 @@ class Deployment:
         )
 
     def check_steps(self, step_paths: Iterable[str]) -> list[str]:
-        """Steps no binding maps to a location; [] when every step is bound.
+        """Problems of this deployment against a workflow's steps, in file order; [] if none.
 
         ``step_paths`` are step paths (``/loop``, ``/loop/annealing``). Only leaves (paths no
         other path descends from) need a location: a sub-workflow step runs no command of
-        its own.
+        its own. A binding key that is no step path (nor an ancestor of one) is an error too:
+        it is usually a typo, and the step it meant would silently run elsewhere. The embedded
+        default is exempt from that, since it serves every workflow.
         """
         steps = list(dict.fromkeys(step_paths))
-        parents = {path.rsplit("/", 1)[0] for path in _with_ancestors(steps)}
-        if DEFAULT_BINDING in self.bindings:
-            return []
-        problems = []
-        for step in (s for s in steps if s.rstrip("/") not in parents):
-            try:
-                self.candidates(step)
-            except UnboundStepError:
-                problems.append(self._unbound(step))
-        return problems
-
-    def unused_bindings(self, step_paths: Iterable[str]) -> list[str]:
-        """Bindings that name no step of this workflow (nor an ancestor of one).
-
-        Warnings, not errors: one deployment serves many workflows (the embedded default
-        binds the clustering workflow's quantum step), but a typo deserves a word.
-        """
-        known = _with_ancestors(list(step_paths))
-        messages: list[tuple[int, str]] = []
-        for key in self.bindings:
-            if key == DEFAULT_BINDING or key in known:
-                continue
-            line = self.binding_lines.get(key, self.bindings_line)
-            messages.append(
-                (
-                    line,
-                    f"{self.source}:{line}: bindings.{key}: the workflow has no step {key}. "
-                    f"Fix: {_guess(key, known, 'remove the binding or bind an existing step path')}"
-                    f"{_listing(known)}",
+        known = _with_ancestors(steps)
+        problems: list[tuple[int, str]] = []
+        if DEFAULT_BINDING not in self.bindings:
+            parents = {path.rsplit("/", 1)[0] for path in known}
+            for step in (s for s in steps if s.rstrip("/") not in parents):
+                try:
+                    self.candidates(step)
+                except UnboundStepError:
+                    problems.append((self.bindings_line, self._unbound(step)))
+        if self.source != EMBEDDED_SOURCE:
+            for key in (k for k in self.bindings if k != DEFAULT_BINDING and k not in known):
+                line = self.binding_lines.get(key, self.bindings_line)
+                fix = _guess(key, known, "remove the binding or bind an existing step path")
+                problems.append(
+                    (
+                        line,
+                        f"{self.source}:{line}: bindings.{key}: the workflow has no step {key}. "
+                        f"Fix: {fix}{_listing(known)}",
+                    )
                 )
-            )
-        messages.sort(key=lambda p: p[0])
-        return [message for _, message in messages]
+        problems.sort(key=lambda p: p[0])
+        return [message for _, message in problems]
+
+
+BINDING_OPTIONS = ("allocation", "placement", "expected_seconds")
+"""Keys a binding written as a mapping may have besides ``locations``."""
+
+
+def _no_options() -> dict[str, dict[str, Any]]:
+    return {option: {} for option in BINDING_OPTIONS}
 
 
 def _with_ancestors(steps: list[str]) -> dict[str, None]:
@@ -187,7 +220,7 @@ def load_deployment(path: str | Path) -> Deployment:
     """Read and validate a deployment file (messages name it as given)."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise DeploymentError(
             [
@@ -195,10 +228,23 @@ def load_deployment(path: str | Path) -> Deployment:
                 f"deployment out to use the embedded default (every step on this host)"
             ]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        inside = Path(path) / "deployment.yml"
+        fix = f"give the file: {inside}" if inside.is_file() else "give the .yml file in it"
         raise DeploymentError(
-            [f"{source}: cannot read the deployment file: {exc}. Fix: pass a readable UTF-8 file"]
+            [f"{source}: is a directory, not a deployment file. Fix: {fix}"]
         ) from None
+    except OSError as exc:
+        raise DeploymentError(
+            [
+                f"{source}: cannot read the deployment file ({exc.strerror}). "
+                "Fix: check its permissions (e.g. chmod u+r)"
+            ]
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeploymentError([_encoding_error_message(raw, exc, source)]) from None
     return parse_deployment(text, source)
 
 
@@ -267,7 +313,8 @@ class _Parser:
         version = self.version(data)
         locations = self.locations(data)
         declared = data["locations"] if isinstance(data.get("locations"), CommentedMap) else {}
-        bindings, binding_lines, binding_allocations = self.bindings(data, list(declared))
+        bindings, binding_lines, options = self.bindings(data, list(declared))
+        binding_allocations = options["allocation"]
         policy = self.policy(data)
         self.allocation_problems(data, locations, policy, bindings, binding_allocations)
         if self.problems:
@@ -279,6 +326,8 @@ class _Parser:
             bindings=bindings,
             policy=policy,
             binding_allocations=binding_allocations,
+            binding_placements=options["placement"],
+            binding_hints=options["expected_seconds"],
             binding_lines=binding_lines,
             bindings_line=_key_line(data, "bindings", 1),
         )
@@ -425,9 +474,9 @@ class _Parser:
 
     def bindings(
         self, data: CommentedMap, declared: list[Any]
-    ) -> tuple[dict[str, list[str]], dict[str, int], dict[str, str]]:
+    ) -> tuple[dict[str, list[str]], dict[str, int], dict[str, dict[str, Any]]]:
         if "bindings" not in data:
-            return {}, {}, {}
+            return {}, {}, _no_options()
         node = data["bindings"]
         line = _key_line(data, "bindings", 1)
         if not isinstance(node, CommentedMap):
@@ -437,11 +486,11 @@ class _Parser:
                 f"expected a mapping of step paths to locations, got {_brief(node)}",
                 "write e.g. `bindings: {default: here, /loop/annealing: [compute, here]}`",
             )
-            return {}, {}, {}
+            return {}, {}, _no_options()
         names = [n for n in declared if isinstance(n, str)]
         bindings: dict[str, list[str]] = {}
         lines: dict[str, int] = {}
-        allocations: dict[str, str] = {}
+        options = _no_options()
         for key, value in node.items():
             kline = _key_line(node, key, line)
             path = _join("bindings", str(key))
@@ -456,11 +505,11 @@ class _Parser:
                 )
                 continue
             if isinstance(value, CommentedMap):  # {locations: ..., allocation: ...}
-                value, allocation = self.binding_mapping(value, path, kline)
+                value, chosen = self.binding_mapping(value, path, kline)
                 if value is None:
                     continue
-                if allocation is not None:
-                    allocations[key] = allocation
+                for option, setting in chosen.items():
+                    options[option][key] = setting
             normal = "/" + "/".join(p for p in key.split("/") if p)
             if key != DEFAULT_BINDING and (key != normal or normal == "/"):
                 self.add(
@@ -525,11 +574,44 @@ class _Parser:
             if ok:
                 bindings[key] = candidates
                 lines[key] = kline
-        return bindings, lines, allocations
+        for key, hints in list(options["expected_seconds"].items()):
+            options["expected_seconds"][key] = self.hints_for(
+                node, key, hints, bindings.get(key, [])
+            )
+        return bindings, lines, options
 
-    def binding_mapping(self, node: CommentedMap, path: str, line: int) -> tuple[Any, str | None]:
-        """The locations and the strategy of a binding written as a mapping."""
-        keys = ("locations", "allocation")
+    def hints_for(
+        self, node: CommentedMap, key: str, hints: Any, candidates: list[str]
+    ) -> dict[str, float]:
+        """``expected_seconds`` of a binding: one number for every candidate, or a mapping
+        of some candidates to numbers."""
+        line = _key_line(node[key], "expected_seconds", _key_line(node, key, 1))
+        path = f"bindings.{key}.expected_seconds"
+        fix = "give seconds >= 0, e.g. expected_seconds: 30 or {qpu: 5, local: 40}"
+        if isinstance(hints, int | float) and not isinstance(hints, bool) and hints >= 0:
+            return dict.fromkeys(candidates, float(hints))
+        if not isinstance(hints, Mapping):
+            self.add(line, path, f"expected a number or a mapping, got {_brief(hints)}", fix)
+            return {}
+        result: dict[str, float] = {}
+        for location, seconds in hints.items():
+            if location not in candidates:
+                listed = ", ".join(candidates) or "its locations"
+                fix_name = _guess(str(location), candidates, f"name one of {listed}")
+                self.add(line, f"{path}.{location}",
+                         f"{location!r} is not a candidate of this binding", fix_name)  # fmt: skip
+            elif isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                self.add(line, f"{path}.{location}",
+                         f"expected seconds >= 0, got {_brief(seconds)}", fix)  # fmt: skip
+            else:
+                result[location] = float(seconds)
+        return result
+
+    def binding_mapping(
+        self, node: CommentedMap, path: str, line: int
+    ) -> tuple[Any, dict[str, Any]]:
+        """The locations and the options of a binding written as a mapping."""
+        keys = ("locations", *BINDING_OPTIONS)
         for key in node:
             if key not in keys:
                 self.unknown_key(node, key, path, keys)
@@ -549,7 +631,18 @@ class _Parser:
                 ),  # fmt: skip
             )
             allocation = None
-        return node.get("locations"), allocation
+        placement = node.get("placement")
+        if placement is not None and placement not in PLACEMENT_RULES:
+            self.add(
+                _key_line(node, "placement", line),
+                f"{path}.placement",
+                f"unknown placement rule {_brief(placement)}",
+                _guess(str(placement), PLACEMENT_RULES, f"use one of {', '.join(PLACEMENT_RULES)}"),
+            )
+            placement = None
+        chosen = {"allocation": allocation, "placement": placement,
+                  "expected_seconds": _plain(node.get("expected_seconds"))}  # fmt: skip
+        return node.get("locations"), {k: v for k, v in chosen.items() if v is not None}
 
     def allocation_problems(
         self,
@@ -845,6 +938,17 @@ def _yaml_error_message(exc: YAMLError, source: str) -> str:
     if "duplicate key" in problem:
         fix = "keep only one of the duplicate keys"
     return f"{source}:{line}:{column}: YAML syntax error: {what}. Fix: {fix}"
+
+
+def _encoding_error_message(raw: bytes, exc: UnicodeDecodeError, source: str) -> str:
+    """Where the first byte that is not UTF-8 is, so the file can be fixed in an editor."""
+    line_start = raw.rfind(b"\n", 0, exc.start) + 1
+    line = raw.count(b"\n", 0, exc.start) + 1
+    column = len(raw[line_start : exc.start].decode("utf-8")) + 1  # valid up to exc.start
+    return (
+        f"{source}:{line}:{column}: byte 0x{raw[exc.start]:02x} is not UTF-8 text. "
+        "Fix: save the file as UTF-8 (or remove the character there)"
+    )
 
 
 def _node_line(node: Any) -> int:

@@ -117,11 +117,13 @@ def cmd_run(args: argparse.Namespace, looks_like_deployment: Callable[[str], boo
             if not args.workflow:
                 raise BadArguments("give a WORKFLOW to run, or --resume RUNDIR")
             invocation = new_invocation(args, looks_like_deployment)
+            deployment = _deployment(invocation.deployment)
             state = RunState(Path(args.outdir).resolve())
             _writable(state.rundir, "--outdir", directory=True)
             check_run_directory(state, resume=False)
         _writable(Path(invocation.report), "--report", directory=False)
-        deployment = _deployment(invocation.deployment)
+        if args.resume:
+            deployment = _deployment(invocation.deployment)
     except (BadArguments, RunStateError, DeploymentError) as exc:
         return fail(str(exc))
     return _run(invocation, state, args, deployment, resume=bool(args.resume))
