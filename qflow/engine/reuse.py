@@ -104,11 +104,12 @@ def job_key(job: ConnectorJob, spec: JobSpec) -> ReuseKey:
         return text
 
     declared = _declared_variables(job)
+    staged = sorted(identity for _, identity in inputs[len(fixed) :: 2])
     material = {
         "command line": [canonical(arg, shapes) for arg in spec.command]
         + [canonical(spec.stdin_path, shapes), job.stdout, job.stderr],
         "inputs": [canonical(arg, inputs) for arg in spec.command]
-        + [canonical(spec.stdin_path, inputs)],
+        + [canonical(spec.stdin_path, inputs), *staged],
         "environment": {k: canonical(v, inputs) for k, v in sorted(spec.env.items())
                         if k in declared},  # fmt: skip
     }
