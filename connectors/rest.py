@@ -170,7 +170,7 @@ class RestQpuConnector(QuantumConnector):
                     ) from None
             delay = self.cfg.backoff * 2 ** (attempt - 1)
             note = f"{method} {url}: {problem}; retry {attempt}/{attempts - 1} in {delay:g} s"
-            _logger.warning("%s", self._scrub(f"QPU {self.location}: {note}"))
+            _logger.info("%s", self._scrub(f"QPU {self.location}: {note}"))  # a retry is routine
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 

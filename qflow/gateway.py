@@ -98,13 +98,13 @@ class LeaseSummary:
     """What could not be known exactly (a QPU time estimated, a task that would not stop)."""
 
     def failure(self) -> str | None:
-        """Why the lease's work failed, in the QPU's words (None: no task failed)."""
-        for task in self.tasks:
-            if task.state in ("failed", "cancelled"):
-                return f"task {task.state}: {task.message or 'no reason given'}"
-            if task.state not in FINAL_STATES:
-                return f"task {task.state} when the lease ended"
-        return "; ".join(self.notes) or None
+        """Why the lease's work failed, in the QPU's words (None: nothing went wrong)."""
+        reasons = [
+            f"task {task.state}: {task.message or 'no reason given'}"
+            for task in self.tasks
+            if task.state in ("failed", "cancelled")
+        ]
+        return "; ".join(reasons + self.notes) or None
 
     def queue_seconds(self) -> float:
         """Time the tasks waited in the QPU's queue (their own execution excluded)."""
