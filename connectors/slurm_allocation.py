@@ -37,7 +37,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qflow.connector import AllocationRecord, JobOutcome, JobSpec, JobStartedCallback
+from qflow.connectors.slurm_outcome import collect, read_exit_file
 from qflow.connectors.slurm_salloc import salloc, srun_script
+from qflow.connectors.slurm_transport import shielded
 from qflow.rundir.journal import Resource
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ class SlurmAllocations:
     # -- steps ------------------------------------------------------------------------------
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         allocation, node = await self._take_node(self._expected.get(job.step, 0.0))
-        plan = self.connector._plan(job)
+        plan = self.connector.plan(job)
         started = time.time()
         on_started(f"{allocation.jobid}@{node}")
         try:
@@ -101,8 +103,8 @@ class SlurmAllocations:
                 self._changed.notify_all()
         ended = time.time()
         self._expected[job.step] = ended - started
-        exit_file = await self.connector._read_exit_file(plan.rc_file, wait=False)
-        await self.connector._collect(plan)
+        exit_file = await read_exit_file(self.connector.transport, plan.rc_file, wait=False)
+        await collect(self.connector.transport, plan)
         code = exit_file if exit_file is not None else (rc or 1)
         message = None
         if code != 0:
@@ -198,13 +200,13 @@ class SlurmAllocations:
                 raise RuntimeError(f"salloc of {count} node(s) on {self.connector.location} "
                                    f"failed: {err[-500:]}")  # fmt: skip
             resource = journal.exists(resource, jobid)
-            _, out, _ = await self.connector._transport.run(
+            _, out, _ = await self.connector.transport.run(
                 ["squeue", "--noheader", "--jobs", jobid, "--format=%N"]
             )
             hostnames = ["scontrol", "show", "hostnames", out.strip()]
-            _, hosts, _ = await self.connector._transport.run(hostnames)
+            _, hosts, _ = await self.connector.transport.run(hostnames)
         except BaseException:  # refused, withdrawn, or granted but not ours yet: ended
-            await asyncio.shield(self.connector._end_job(jobid, resource))
+            await shielded(self.connector.end_job(jobid, resource))
             raise
         return _Allocation(jobid, hosts.split(), kind, time.time(), resource)
 
@@ -221,7 +223,7 @@ class SlurmAllocations:
             if allocation in self._held:
                 self._held.remove(allocation)
         # Slurm's own start/end times; the journal's record ends once Slurm confirms it
-        info = await self.connector._end_job(allocation.jobid, allocation.resource)
+        info = await self.connector.end_job(allocation.jobid, allocation.resource)
         started = info.start if info and info.start else allocation.granted
         ended = info.end if info and info.end else time.time()
         if self._report is not None:
@@ -273,7 +275,7 @@ class SlurmAllocations:
         argv = ["squeue", "--noheader", "--states=PENDING", "--format=%i"]
         if cfg.partition:
             argv.append(f"--partition={cfg.partition}")
-        rc, out, _ = await self.connector._transport.run(argv)
+        rc, out, _ = await self.connector.transport.run(argv)
         return rc == 0 and bool(out.strip())
 
     async def close(self) -> None:

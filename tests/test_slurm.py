@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from slurm_cluster import ClusterUnavailable, SshServer, start_sshd
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
-from qflow.connectors.slurm import SlurmConnector, SlurmError, job_name
+from qflow.connectors.slurm import SlurmConnector, SlurmError
+from qflow.connectors.slurm_script import job_name
 from qflow.rundir.journal import Resource, read_journal
 
 pytestmark = pytest.mark.slurm
@@ -148,14 +149,14 @@ def test_resources_map_to_sbatch_options(tmp_path: Path) -> None:
     connector = SlurmConnector("q", config)
     asyncio.run(connector._prepare())  # creates the work directory, finds srun
     job = spec(tmp_path, ["true"], cores=1.5, ram_mib=300.2, time_limit_s=61)
-    args = connector._plan(job).args
+    args = connector.plan(job).args
     assert {"--partition=quantum", "--gres=qpu:1", "--cpus-per-task=2", "--mem=301M"} <= set(args)
     assert "--time=2" in args and "--time=30" not in args  # the step's limit wins, rounded up
     assert args[-1] == "--exclusive"
-    plain = connector._plan(spec(tmp_path, ["true"])).args
+    plain = connector.plan(spec(tmp_path, ["true"])).args
     assert "--time=30" in plain
     # salloc gets exactly the resource options, sbatch those plus its own flags
-    plan = connector._plan(job)
+    plan = connector.plan(job)
     assert plan.args[-len(plan.options) :] == plan.options
     assert not [o for o in plan.options if o.startswith(("--output", "--parsable", "--export"))]
 
@@ -493,7 +494,7 @@ def test_finished_job_is_found_in_the_jobcomp_file(slurm_cluster: Any, tmp_path:
         connector = make_connector(slurm_cluster, tmp_path)
         try:
             outcome = (await run_with(connector, job))[0]
-            return outcome, await connector._lookup_finished(outcome.external_id or "")
+            return outcome, await connector.jobs.lookup_finished(outcome.external_id or "")
         finally:
             await connector.stop()
 
@@ -697,8 +698,8 @@ def test_login_mode_runs_jobs_over_one_ssh_master(
     async def main() -> tuple[list[JobOutcome], str, str, list[str]]:
         connector = ssh_connector(slurm_cluster, ssh_server)
         await connector.start()
-        control_dir = connector._transport._control_dir  # type: ignore[attr-defined]
-        workdir = connector._workdir or ""
+        control_dir = connector.transport._control_dir  # type: ignore[attr-defined]
+        workdir = connector.workdir or ""
         try:
             sockets = os.listdir(control_dir)
             results = await asyncio.gather(*(run_with(connector, j) for j in jobs))

@@ -177,7 +177,7 @@ def test_auto_notices_a_grant_that_had_to_queue(slurm_cluster: Any, tmp_path: Pa
         await connector._prepare()
         try:
             allocation = await allocations._salloc(1, "anchor", [])  # queues behind the blocker
-            await connector._end_job(allocation.jobid, allocation.resource)
+            await connector.end_job(allocation.jobid, allocation.resource)
         finally:
             await connector.stop()
 

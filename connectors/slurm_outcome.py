@@ -1,0 +1,183 @@
+"""What a finished Slurm step reports: its :class:`~qflow.connector.JobOutcome`.
+
+Exit codes (``JobOutcome.exit_code``):
+
+* the job ran to its end (``COMPLETED``/``FAILED``): the command's exit status as the batch
+  shell saw it (``$?``; a command killed by signal N gives 128+N, as in any shell script),
+  read from the exit-status file the batch script writes;
+* Slurm ended the job: ``-15`` (SIGTERM, the signal Slurm terminates jobs with) for
+  ``TIMEOUT``, ``CANCELLED``, ``PREEMPTED`` and ``DEADLINE``; ``-9`` for ``NODE_FAIL``,
+  ``BOOT_FAIL`` and ``OUT_OF_MEMORY``. ``message`` then gives Slurm's state and reason.
+
+Start, end and node count come from Slurm's records (whole seconds), so node-seconds are
+what Slurm accounted, not qflow's view. Output a step has no file for goes to qflow's stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+
+from qflow.connector import JobOutcome
+from qflow.connectors.slurm_jobs import (
+    RAN_STATES,
+    SIGKILL_STATES,
+    SIGTERM_STATES,
+    TERMINAL_STATES,
+    JobInfo,
+)
+from qflow.connectors.slurm_script import Plan
+from qflow.connectors.slurm_transport import Transport
+
+EXIT_FILE_WAIT_S = 1.0
+"""How long a missing exit-status file is waited for (shared filesystems lag)."""
+
+
+async def batch_outcome(
+    transport: Transport, jobid: str, info: JobInfo | None, plan: Plan
+) -> JobOutcome:
+    """A batch job's outcome: the exit code from its exit-status file, or from Slurm's state
+    if Slurm ended it; times and nodes from Slurm's final record ``info`` (whole seconds)."""
+    rc = await read_exit_file(
+        transport, plan.rc_file, wait=info is None or info.state in RAN_STATES
+    )
+    await copy_capture(transport, plan)
+    if info is None:
+        return JobOutcome(
+            exit_code=rc if rc is not None else 1,
+            message=None
+            if rc == 0
+            else f"Slurm job {jobid} left squeue, sacct -c and scontrol without a final state",
+            external_id=jobid,
+        )
+    started = info.start if info.ran and info.start else None
+    ended = info.end if started is not None and info.end else None
+    if started is not None and ended is not None and ended < started:
+        ended = started
+    nodes = info.nodes if started is not None else 0
+    node_seconds = nodes * (ended - started) if started is not None and ended is not None else 0.0
+    exit_code, message = await exit_and_message(transport, jobid, info, rc, plan)
+    return JobOutcome(
+        exit_code=exit_code,
+        message=message,
+        started=started,
+        ended=ended,
+        nodes=nodes,
+        node_seconds=float(node_seconds),
+        external_id=jobid,
+    )
+
+
+async def exit_and_message(
+    transport: Transport, jobid: str, info: JobInfo, rc: int | None, plan: Plan
+) -> tuple[int, str | None]:
+    """The step's exit code and message from Slurm's final state and the exit status the
+    script wrote (``rc``, None if it wrote none)."""
+    reason = f", reason {info.reason}" if info.reason and info.reason != "None" else ""
+    where = f" on {info.nodelist}" if info.nodelist else ""
+    if info.state in SIGTERM_STATES or info.state in SIGKILL_STATES:
+        code = -15 if info.state in SIGTERM_STATES else -9
+        if info.state == "TIMEOUT":
+            limit = f" of {plan.time_limit} min" if plan.time_limit else ""
+            what = f"exceeded its time limit{limit} and was killed by Slurm"
+        elif info.state == "CANCELLED":
+            what = "was cancelled (scancel)"
+        elif info.state == "NODE_FAIL":
+            what = "was lost with a failed node"
+        elif info.state == "OUT_OF_MEMORY":
+            what = "ran out of memory"
+        else:
+            what = "was ended by Slurm"
+        return code, f"Slurm job {jobid}{where} {what} (state {info.state}{reason})"
+    if rc == 0:
+        return 0, None
+    log = await log_tail(transport, plan)
+    log = f"; batch log: {log}" if log else ""
+    if rc is None:
+        code = info.exit_code if info.exit_code is not None else 1
+        if info.state == "FAILED" and code == 0:
+            code = 1
+        return code, (
+            f"Slurm job {jobid}{where} ended {info.state}{reason} without writing its exit "
+            f"status to {plan.rc_file}{log}"
+        )
+    return rc, f"exited with status {rc} (Slurm job {jobid}{where}, state {info.state}){log}"
+
+
+async def log_tail(transport: Transport, plan: Plan, limit: int = 600) -> str:
+    """The end of the job's Slurm log on one line, for a failed step's message."""
+    data = await transport.read(plan.log_file)
+    text = (data or b"").decode(errors="replace").strip()
+    return " | ".join(text[-limit:].splitlines())
+
+
+async def read_exit_file(transport: Transport, path: str, *, wait: bool) -> int | None:
+    """The exit status the script wrote; None if there is none (after ``EXIT_FILE_WAIT_S``
+    with ``wait``: the file may lag on a shared filesystem)."""
+    deadline = time.monotonic() + (EXIT_FILE_WAIT_S if wait else 0)
+    while True:
+        data = await transport.read(path)
+        with contextlib.suppress(ValueError):
+            if data and data.strip():
+                return int(data.strip())
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(0.05)
+
+
+async def collect(transport: Transport, plan: Plan) -> None:
+    """After a step ran in an allocation: its captured output, then its files go."""
+    await copy_capture(transport, plan)
+    await transport.remove([p for p in (plan.rc_file, plan.capture_file) if p])
+
+
+async def copy_capture(transport: Transport, plan: Plan) -> None:
+    """Output with no file of its own goes to qflow's stderr, as with the local connector."""
+    if plan.capture_file is None:
+        return
+    data = await transport.read(plan.capture_file)
+    if data:
+        sys.stderr.write(data.decode(errors="replace"))
+        sys.stderr.flush()
+
+
+async def salloc_outcome(
+    transport: Transport,
+    jobid: str,
+    plan: Plan,
+    granted: float,
+    ran: tuple[int | None, int, str],
+    ended_by_slurm: JobInfo | None,
+    final: JobInfo | None,
+) -> JobOutcome:
+    """The exit code from the exit-status file (``ran``: it, srun's status and messages);
+    times and nodes from Slurm's record of the allocation (whole seconds), as for a batch
+    job; ``ended_by_slurm``: the allocation's state when the script did not finish."""
+    code, srun_rc, srun_err = ran
+    started = final.start if final and final.start else granted
+    ended = max(started, final.end if final and final.end else time.time())
+    nodes = final.nodes if final and final.nodes else 1
+    where = f" on {final.nodelist}" if final and final.nodelist else ""
+    detail = f": {srun_err[-300:]}" if srun_err else ""
+    message: str | None = None
+    if code is None and ended_by_slurm and ended_by_slurm.state in TERMINAL_STATES:
+        code, message = await exit_and_message(transport, jobid, ended_by_slurm, None, plan)
+    elif code is None:
+        code = srun_rc or 1
+        message = (
+            f"srun in Slurm job {jobid}{where} ended with status {srun_rc} before the step "
+            f"wrote its exit status{detail}"
+        )
+    elif code != 0:
+        message = f"exited with status {code} (Slurm job {jobid}{where}, salloc){detail}"
+    return JobOutcome(
+        exit_code=code,
+        message=message,
+        started=started,
+        ended=ended,
+        nodes=nodes,
+        node_seconds=float(nodes * (ended - started)),
+        external_id=jobid,
+    )
