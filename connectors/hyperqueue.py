@@ -4,28 +4,10 @@ qflow is a *client* of a running HyperQueue server (``server_dir``): it submits 
 ``hyperqueue`` Python package (``Client(server_dir).submit(job)``) and never starts servers or
 workers itself.
 
-The task does not run the step's command directly but a small Python wrapper (run with
-``python -I -S``, standard library only) that reads the step from a ``spec.json`` in a per-job
-control directory under ``workdir``, then:
-
-1. writes ``pid`` (host and wrapper pid), then checks for a ``cancel`` file (a step cancelled
-   while its task was still queued removes its control directory and exits here, without
-   running anything);
-2. starts the command in its own process group with the step's environment (plus HyperQueue's
-   ``HQ_*`` allocation variables but ``HQ_ACCESS_KEY``; nothing else of the worker's
-   environment), working directory and redirections, and writes ``started`` (time and
-   process group id);
-3. waits for the command, every ``poll_interval`` checking for a ``cancel`` file and the time
-   limit; either ends the process group (SIGTERM, 2 s grace, SIGKILL) as the local connector
-   does;
-4. writes ``exit`` (exit status exactly as ``subprocess`` reports it, negative for a signal,
-   start and end time, why it was ended) and exits with the command's status, so HyperQueue
-   shows failed steps as failed tasks.
-
-HyperQueue signals only a task's main process (measured: SIGINT when its server stops), not
-its process group. The wrapper turns SIGINT/SIGTERM/SIGHUP into ending the command's group;
-a forked guardian process, in a session of its own, ends the group if the wrapper itself is
-killed outright (SIGKILL), so a lost task never leaves the command behind.
+Each step's task runs a small wrapper on a control directory of its own under ``workdir``
+(hyperqueue_task.py: the wrapper, its ``spec.json``, ``pid``/``started``/``exit`` files and
+the ``cancel`` file it obeys); the HyperQueue client calls run on a thread of their own
+(hyperqueue_client.py).
 
 Completion: the connector polls the control directory every ``poll_interval`` (a ``stat``):
 ``started`` fires ``on_started``, ``exit`` ends the wait, so a finished task is noticed within
@@ -47,31 +29,22 @@ path}``) before the job is submitted, its job id once known, and marked ended on
 command can no longer run. After a ``kill -9`` of qflow the task keeps running (it is
 HyperQueue's, not qflow's child); ``cancel_orphan`` of that record cancels it the same
 cooperative way, without needing its job id.
-
-All HyperQueue client calls (blocking, GIL-holding FFI calls) run on one dedicated thread per
-connector, which owns the client connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import concurrent.futures
 import contextlib
-import json
 import logging
 import math
 import os
 import shutil
-import signal
-import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import Field, field_validator
 
@@ -83,13 +56,23 @@ from qflow.connector import (
     JobStartedCallback,
     LocationConfig,
 )
-from qflow.connectors.local import kill_process_group
+from qflow.connectors.hyperqueue_client import HqClient, HyperQueueError, hq_message
+from qflow.connectors.hyperqueue_task import (
+    CAPTURE,
+    KILL_GRACE_S,
+    Forwarder,
+    build_job,
+    kill_task_here,
+    read_json,
+    task_outcome,
+    write_spec,
+)
 from qflow.rundir.journal import Resource
+
+__all__ = ["HyperQueueConnector", "HyperQueueError"]
 
 _logger = logging.getLogger("qflow.connectors.hyperqueue")
 
-KILL_GRACE_S = 2.0
-"""Time a process group gets between SIGTERM and SIGKILL (as the local connector)."""
 CANCEL_WAIT_S = KILL_GRACE_S + 5.0
 """Longest wait, after asking the wrapper to cancel, for it to report the command ended."""
 HQ_CHECK_INTERVAL_S = 0.5
@@ -98,139 +81,6 @@ EXIT_FILE_WAIT_S = 1.0
 """How long the exit file is waited for once the server says the task ended."""
 SERVER_LOST_S = 30.0
 """A job whose server has not answered status queries for this long counts as lost."""
-CLIENT_CALL_TIMEOUT_S = 60.0
-"""Longest wait for one HyperQueue client call (submit, status, forget)."""
-
-_T = TypeVar("_T")
-
-# The task wrapper, run by the HyperQueue worker as ``python -I -S -c WRAPPER CONTROL_DIR``.
-# Standard library only, no site-packages: it must start fast and anywhere.
-WRAPPER = r"""
-import json, os, signal, socket, subprocess, sys, time
-d = sys.argv[1]
-def put(name, data):
-    tmp = os.path.join(d, name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, os.path.join(d, name))
-with open(os.path.join(d, "spec.json")) as f:
-    spec = json.load(f)
-host = socket.gethostname()
-stop = []
-def on_signal(signum, frame):
-    stop.append(signum)
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, on_signal)
-put("pid", {"host": host, "pid": os.getpid()})
-cancel_file = os.path.join(d, "cancel")
-if os.path.exists(cancel_file) or stop:
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)  # nobody waits for it any more
-    sys.exit(1)
-env = {k: v for k, v in os.environ.items() if k.startswith("HQ_") and k != "HQ_ACCESS_KEY"}
-env.update(spec["env"])
-files = []
-def out(path):
-    f = open(path or spec["capture"], "wb" if path else "ab")
-    files.append(f)
-    return f
-try:
-    stdin = subprocess.DEVNULL
-    if spec["stdin"]:
-        stdin = open(spec["stdin"], "rb")
-        files.append(stdin)
-    stdout = out(spec["stdout"])
-    stderr = out(spec["stderr"])
-    r, w = os.pipe()
-    child = subprocess.Popen(spec["command"], stdin=stdin, stdout=stdout, stderr=stderr,
-                             env=env, cwd=spec["cwd"], close_fds=True, start_new_session=True)
-except OSError as exc:
-    code = 127 if isinstance(exc, FileNotFoundError) else 126
-    put("exit", {"exit_code": code, "reason": None, "started": None, "ended": time.time(),
-                 "host": host, "error": f"{type(exc).__name__}: {exc}"})
-    sys.exit(code)
-started = time.time()
-for f in files:
-    f.close()
-def killpg(sig):
-    try:
-        os.killpg(child.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-guardian = os.fork()
-if guardian == 0:
-    # Kills the command's group if the wrapper dies without saying goodbye.
-    try:
-        os.close(w)
-        os.setsid()
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(s, signal.SIG_IGN)
-        while True:
-            try:
-                data = os.read(r, 1)
-                break
-            except InterruptedError:
-                continue
-        if not data:
-            killpg(signal.SIGTERM)
-            end = time.monotonic() + spec["grace"]
-            while time.monotonic() < end:
-                try:
-                    os.killpg(child.pid, 0)
-                except OSError:
-                    break
-                time.sleep(0.05)
-            killpg(signal.SIGKILL)
-    finally:
-        os._exit(0)
-os.close(r)
-put("started", {"time": started, "pgid": child.pid, "host": host})
-limit = spec["time_limit"]
-deadline = started + limit if limit else None
-reason = None
-kill_at = None
-while True:
-    try:
-        rc = child.wait(timeout=spec["poll"])
-        break
-    except subprocess.TimeoutExpired:
-        pass
-    if reason is None:
-        if stop:
-            reason = "signal"
-        elif os.path.exists(cancel_file):
-            reason = "cancelled"
-        elif deadline is not None and time.time() >= deadline:
-            reason = "timeout"
-        if reason is not None:
-            killpg(signal.SIGTERM)
-            kill_at = time.monotonic() + spec["grace"]
-    elif time.monotonic() >= kill_at:
-        killpg(signal.SIGKILL)
-ended = time.time()
-if reason is not None:
-    killpg(signal.SIGKILL)
-put("exit", {"exit_code": rc, "reason": reason, "started": started, "ended": ended,
-             "host": host, "error": None, "signal": stop[0] if stop else None})
-os.write(w, b"x")
-os.close(w)
-os.waitpid(guardian, 0)
-sys.exit(rc if 0 <= rc < 256 else (128 - rc if rc < 0 else 1))
-"""
-
-
-class HyperQueueError(RuntimeError):
-    """The HyperQueue server refused or failed a request (not reachable, submit refused)."""
-
-
-def _hq_message(exc: BaseException) -> str:
-    """A HyperQueue FFI error without the Rust backtrace it carries under RUST_BACKTRACE."""
-    text = str(exc).split("Stack backtrace:")[0].strip()
-    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or repr(exc)
-
-
-class _StatusReceived(Exception):  # noqa: N818 - control flow, not an error
-    """Raised from the progress callback to end ``wait_for_jobs`` after its first report."""
 
 
 class HyperQueueConnector(Connector):
@@ -300,8 +150,7 @@ class HyperQueueConnector(Connector):
             if isinstance(config, HyperQueueConnector.Config)
             else HyperQueueConnector.Config.model_validate(config.model_dump())
         )
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._client: Any = None
+        self._hq = HqClient(location, self.cfg.server_dir)
         self._workdir: Path | None = None
         self._own_workdir = False
         self._leftovers: dict[int, Path] = {}
@@ -313,12 +162,12 @@ class HyperQueueConnector(Connector):
     async def start(self) -> None:
         """Connect to the server (fails clearly when it does not run) and make the workdir."""
         self._prepare_workdir()
-        await self._call(self._connect)
+        await self._hq.connect()
 
     async def stop(self) -> None:
         """Forget finished jobs, remove the own work directory, close the client thread."""
         deadline = time.monotonic() + 2.0
-        while self._executor is not None and time.monotonic() < deadline:
+        while self._hq.used and time.monotonic() < deadline:
             await self._reap()
             # tasks that wrote their exit status end in HyperQueue within milliseconds;
             # tasks cancelled while queued end only when a worker takes them: not waited for
@@ -330,10 +179,7 @@ class HyperQueueConnector(Connector):
             self._workdir = None
             self._own_workdir = False
         self._leftovers.clear()
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            self._client = None
-            executor.shutdown(wait=False)
+        self._hq.close()
 
     async def cancel_orphan(self, resource: Resource) -> None:
         """End the HyperQueue job of a crashed run through its control directory, journalled
@@ -371,95 +217,12 @@ class HyperQueueConnector(Connector):
                 self._own_workdir = True
         return self._workdir
 
-    # -- the HyperQueue client, on its own thread ---------------------------------------
-    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"qflow-hq-{self.location}"
-            )
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, fn, *args)
-        return await asyncio.wait_for(future, CLIENT_CALL_TIMEOUT_S)
-
-    def _connect(self) -> Any:
-        """(client thread) The client connection, opened on first use."""
-        if self._client is None:
-            try:
-                from hyperqueue import Client
-            except ImportError as exc:
-                raise HyperQueueError(
-                    f"location {self.location}: the hyperqueue package is not installed ({exc}); "
-                    "pip install 'qflow[hyperqueue]'"
-                ) from None
-
-            if not os.path.isdir(self.cfg.server_dir):
-                raise HyperQueueError(
-                    f"location {self.location}: server_dir {self.cfg.server_dir} does not exist "
-                    "(start the server with `hq server start --server-dir ...` or a LocalCluster)"
-                )
-            try:
-                self._client = Client(str(self.cfg.server_dir))
-            except Exception as exc:
-                raise HyperQueueError(
-                    f"location {self.location}: cannot connect to the HyperQueue server of "
-                    f"{self.cfg.server_dir}: {_hq_message(exc)}"
-                ) from None
-        return self._client
-
-    def _submit(self, job: Any) -> int:
-        """(client thread) Submit, reconnecting once if the connection broke."""
-        try:
-            return int(self._connect().submit(job).id)
-        except HyperQueueError:
-            raise
-        except Exception:
-            self._client = None
-        try:
-            return int(self._connect().submit(job).id)
-        except HyperQueueError:
-            raise
-        except Exception as exc:
-            self._client = None
-            raise HyperQueueError(
-                f"location {self.location}: HyperQueue refused the job: {_hq_message(exc)}"
-            ) from None
-
-    def _status(self, job_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """(client thread) Task counts per job, from one server round trip.
-
-        ``wait_for_jobs`` reports the jobs' state to its progress callback before it first
-        sleeps; raising from the callback ends it there, which makes a cheap status query.
-        Jobs the server does not know are missing from the result.
-        """
-        client = self._connect()
-        got: dict[int, dict[str, Any]] = {}
-
-        def callback(status: dict[int, dict[str, Any]]) -> None:
-            got.update(status)
-            raise _StatusReceived
-
-        try:
-            client.connection.wait_for_jobs(job_ids, callback)
-        except _StatusReceived:
-            pass
-        except Exception:
-            self._client = None
-            raise
-        return got
-
-    def _forget(self, job_ids: list[int]) -> None:
-        """(client thread) Drop finished jobs from the server's memory."""
-        client = self._connect()
-        for job_id in job_ids:
-            with contextlib.suppress(Exception):
-                client.connection.forget_job(job_id)
-
     async def _reap(self) -> None:
         """Forget and clean up the jobs whose task HyperQueue reports ended."""
         if not self._leftovers:
             return
         try:
-            status = await self._call(self._status, list(self._leftovers))
+            status = await self._hq.status(list(self._leftovers))
         except Exception as exc:  # noqa: BLE001 - best effort
             _logger.debug("status query for cleanup failed: %s", exc)
             return
@@ -471,7 +234,7 @@ class HyperQueueConnector(Connector):
         if not done:
             return
         with contextlib.suppress(Exception):
-            await self._call(self._forget, done)
+            await self._hq.forget(done)
         for jid in done:
             control = self._leftovers.pop(jid, None)  # another run may have reaped it
             if control is not None:
@@ -480,24 +243,6 @@ class HyperQueueConnector(Connector):
     # -- one step execution ---------------------------------------------------------------
     def _time_limit(self, job: JobSpec) -> int | None:
         return job.resources.time_limit_s or self.cfg.time_limit
-
-    def _build_job(self, job: JobSpec, control: Path) -> Any:
-        from hyperqueue import Job
-        from hyperqueue.ffi.protocol import ResourceRequest
-
-        cpus = max(self.cfg.cpus, math.ceil(job.resources.cores or 0))
-        hq_job = Job(name=job.name, max_fails=1)
-        hq_job.program(
-            [self.cfg.python or sys.executable, "-I", "-S", "-c", WRAPPER, str(control)],
-            cwd=str(control),
-            env={},
-            stdout=None,
-            stderr=str(control / "wrapper.err"),
-            name=job.name,
-            resources=ResourceRequest(cpus=cpus),
-            crash_limit=1,
-        )
-        return hq_job
 
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         workdir = self._prepare_workdir()
@@ -509,21 +254,11 @@ class HyperQueueConnector(Connector):
             iteration=job.iteration,
         )  # fmt: skip
         control.mkdir(parents=True)
-        capture = control / "capture"
-        spec = {
-            "command": list(job.command),
-            "cwd": job.cwd,
-            "env": {**job.env, **self.cfg.environment},
-            "stdin": job.stdin_path,
-            "stdout": job.stdout_path,
-            "stderr": job.stderr_path,
-            "capture": str(capture),
-            "time_limit": self._time_limit(job),
-            "poll": self.cfg.poll_interval,
-            "grace": KILL_GRACE_S,
-        }
-        (control / "spec.json").write_text(json.dumps(spec))
-        submit = asyncio.ensure_future(self._call(self._submit, self._build_job(job, control)))
+        env = {**job.env, **self.cfg.environment}
+        write_spec(control, job, env, self._time_limit(job), self.cfg.poll_interval)
+        cpus = max(self.cfg.cpus, math.ceil(job.resources.cores or 0))
+        hq_job = build_job(job, control, cpus, self.cfg.python or sys.executable)
+        submit = asyncio.ensure_future(self._hq.submit(hq_job))
         try:
             job_id = await asyncio.shield(submit)
         except asyncio.CancelledError:
@@ -547,9 +282,8 @@ class HyperQueueConnector(Connector):
             raise
         resource = self.journal.exists(resource, str(job_id))
         self._leftovers[job_id] = control
-        forwarder = _Forwarder(
-            capture if job.stdout_path is None or job.stderr_path is None else None
-        )
+        has_files = job.stdout_path is not None and job.stderr_path is not None
+        forwarder = Forwarder(None if has_files else control / CAPTURE)
         self._watched.add(job_id)  # another step's _reap must not remove its exit file
         try:
             record = await self._wait(job_id, control, on_started, forwarder)
@@ -563,7 +297,7 @@ class HyperQueueConnector(Connector):
         if record.get("gone", True):  # else the server went silent: the task may still run
             self.journal.ended(resource)
         forwarder.pump(final=True)
-        outcome = self._outcome(job, job_id, record)
+        outcome = task_outcome(job, job_id, record, self._time_limit(job), self.config.nodes)
         await self._reap()
         return outcome
 
@@ -572,7 +306,7 @@ class HyperQueueConnector(Connector):
         job_id: int,
         control: Path,
         on_started: JobStartedCallback,
-        forwarder: _Forwarder,
+        forwarder: Forwarder,
     ) -> dict[str, Any]:
         """Poll the control files until ``exit`` appears (or the task is gone without it)."""
         exit_file = control / "exit"
@@ -585,7 +319,7 @@ class HyperQueueConnector(Connector):
             if not reported and started_file.exists():
                 reported = True
                 _notify(on_started, str(job_id))
-            record = _read_json(exit_file)
+            record = read_json(exit_file)
             if record is not None:
                 if not reported and record.get("started") is not None:
                     _notify(on_started, str(job_id))
@@ -597,21 +331,21 @@ class HyperQueueConnector(Connector):
             if gone_since is None and now >= next_check:
                 next_check = now + HQ_CHECK_INTERVAL_S
                 try:
-                    status = await self._call(self._status, [job_id])
+                    status = await self._hq.status([job_id])
                 except Exception as exc:  # noqa: BLE001 - the exit file still works
                     failing_since = failing_since if failing_since is not None else now
                     _logger.warning(
                         "location %s: status of HyperQueue job %s: %s",
                         self.location,
                         job_id,
-                        _hq_message(exc),
+                        hq_message(exc),
                     )
                     if now - failing_since >= SERVER_LOST_S:
                         return await self._lost(
                             job_id,
                             control,
                             f"the server has not answered for {now - failing_since:.0f} s "
-                            f"({_hq_message(exc)})",
+                            f"({hq_message(exc)})",
                         )
                 else:
                     failing_since = None
@@ -627,7 +361,7 @@ class HyperQueueConnector(Connector):
         if reason is None:
             reason = "the server no longer knows the job"
             with contextlib.suppress(Exception):
-                failed = await self._call(self._failed_reason, job_id)
+                failed = await self._hq.failed_reason(job_id)
                 if failed:
                     reason = failed
         log = ""
@@ -635,7 +369,7 @@ class HyperQueueConnector(Connector):
             text = (control / "wrapper.err").read_text(errors="replace").strip()
             if text:
                 log = "; wrapper stderr: " + " | ".join(text[-600:].splitlines())
-        started = _read_json(control / "started")
+        started = read_json(control / "started")
         return {
             "gone": gone,
             "exit_code": None,
@@ -645,13 +379,6 @@ class HyperQueueConnector(Connector):
             "host": started.get("host") if started else None,
             "error": f"HyperQueue task ended without an exit status: {reason}{log}",
         }
-
-    def _failed_reason(self, job_id: int) -> str | None:
-        """(client thread) HyperQueue's error text for the job's failed task, if any."""
-        failed = self._connect().connection.get_failed_tasks([job_id]).get(job_id, {})
-        for ctx in failed.values():
-            return _hq_message(ctx.error)
-        return None
 
     async def _cancel(self, control: Path, job_id: int | None) -> bool:
         """Ask the wrapper to end the command (``cancel``); kill the task ourselves if it does
@@ -676,7 +403,7 @@ class HyperQueueConnector(Connector):
             return True  # ended, or cancelled before it started (the wrapper removed it)
         if kill_task_here(control) or task_gone:
             return True  # killed here, or the wrapper's guardian ends what it left
-        host = (_read_json(control / "pid") or {}).get("host", "an unknown host")
+        host = (read_json(control / "pid") or {}).get("host", "an unknown host")
         _logger.warning(
             "location %s: HyperQueue job %s did not confirm its cancellation within %.0f s "
             "(task on %s, not killable from here)", self.location, name, CANCEL_WAIT_S, host,
@@ -694,123 +421,11 @@ class HyperQueueConnector(Connector):
             if job_id is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + HQ_CHECK_INTERVAL_S
                 with contextlib.suppress(Exception):
-                    info = (await self._call(self._status, [job_id])).get(job_id)
+                    info = (await self._hq.status([job_id])).get(job_id)
                     if info is None or info.get("completed"):
                         return True
             await asyncio.sleep(self.cfg.poll_interval)
         return False
-
-    def _outcome(self, job: JobSpec, job_id: int, record: dict[str, Any]) -> JobOutcome:
-        started = record.get("started")
-        ended = record.get("ended") if started is not None else None
-        host = record.get("host")
-        where = f" on {host}" if host else ""
-        reason = record.get("reason")
-        code = record.get("exit_code")
-        message: str | None = None
-        if record.get("error"):
-            code = code if code is not None else 1
-            if reason == "lost":
-                message = f"HyperQueue job {job_id}{where}: {record['error']}"
-            else:
-                message = (
-                    f"cannot run {job.command[0] if job.command else '(empty command)'!r}"
-                    f"{where} (HyperQueue job {job_id}): {record['error']}"
-                )
-        elif reason == "timeout":
-            limit = self._time_limit(job)
-            message = f"exceeded its time limit of {limit} s and was terminated"
-        elif reason == "cancelled":
-            code = code if code is not None else -15
-            message = f"HyperQueue job {job_id} was cancelled"
-        elif reason == "signal":
-            sig = record.get("signal")
-            with contextlib.suppress(ValueError, TypeError):
-                sig = signal.Signals(sig).name
-            message = (
-                f"HyperQueue job {job_id}{where} was ended by HyperQueue ({sig} to its task, e.g. "
-                "its worker or server stopped)"
-            )
-        if code is None:
-            code = 1
-        nodes = self.config.nodes
-        node_seconds = (
-            nodes * max(0.0, ended - started) if started is not None and ended is not None else 0.0
-        )
-        return JobOutcome(
-            exit_code=int(code),
-            message=message,
-            started=started,
-            ended=ended,
-            nodes=nodes,
-            node_seconds=node_seconds,
-            external_id=str(job_id),
-        )
-
-
-class _Forwarder:
-    """Copies captured output (steps without stdout/stderr files) to qflow's stderr."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.offset = 0
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def pump(self, final: bool = False) -> None:
-        if self.path is None:
-            return
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:
-            data = b""
-        self.offset += len(data)
-        text = self.decoder.decode(data, final=final)
-        if text:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-
-
-def kill_task_here(control: Path) -> bool:
-    """SIGKILL a task's command group, wrapper and guardian if the task runs on this host;
-    False if it runs elsewhere.
-
-    The group (from ``started``) is killed only while the wrapper or its guardian still runs:
-    they are found by their command line (which ends with the control directory), so a
-    process group id reused since a crash is never hit.
-    """
-    pid = _read_json(control / "pid") or {}
-    if pid.get("host") != socket.gethostname():
-        return False
-    watchers = _wrapper_processes(control)
-    started = _read_json(control / "started") or {}
-    if watchers and "pgid" in started:
-        kill_process_group(int(started["pgid"]), signal.SIGKILL)
-    for watcher in watchers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(watcher, signal.SIGKILL)
-    return True
-
-
-def _wrapper_processes(control: Path) -> list[int]:
-    """Pids on this host of the task wrapper of ``control`` and of its forked guardian."""
-    tail = b"\0" + os.fsencode(control) + b"\0"
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError), open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
-            if cmdline.read().endswith(tail):
-                found.append(int(entry.name))
-    return found
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _notify(on_started: JobStartedCallback, external_id: str) -> None:
