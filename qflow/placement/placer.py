@@ -132,7 +132,8 @@ class Placer:
                 return await self._on_qpu(step, iteration, location, lease, requested, why)
         if not classical:
             raise NoPlacement(f"no location can take {step}: {'; '.join(reasons)}")
-        location = self.slots.try_take(classical) or await self.slots.take(classical)
+        location = await self.slots.take(classical)
+        assert location is not None  # no timeout: it waited until one was free
         why = "; ".join(reasons) if quantum or reasons else None
         return self._granted(step, iteration, location, requested, fallback_reason=why,
                              reason="first classical candidate with a free slot")  # fmt: skip
@@ -191,10 +192,7 @@ class Placer:
             reason = _earliest_reason(ranked)
             budget = max(REDECIDE_MIN_S, 2 * best.start_s)
             if not self.is_quantum(best.location):
-                location = self.slots.try_take([best.location])
-                if location is None:
-                    with contextlib.suppress(TimeoutError):
-                        location = await asyncio.wait_for(self.slots.take([best.location]), budget)
+                location = await self.slots.take([best.location], budget)
                 if location is None:
                     continue  # what was expected did not happen: decide again
                 fallback = None
@@ -231,7 +229,7 @@ class Placer:
         run_on = self.qpus.config(location).run_on
         if run_on:
             try:
-                self.slots.try_take([run_on]) or await self.slots.take([run_on])
+                await self.slots.take([run_on])
             except BaseException:
                 await self.qpus.release(lease)
                 raise

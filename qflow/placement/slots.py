@@ -7,6 +7,7 @@ case), and waited for on the event loop otherwise; given back from either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 
@@ -43,16 +44,22 @@ class SlotBoard:
                     return location
         return None
 
-    async def take(self, candidates: list[str]) -> str:
-        """A slot on the first candidate that has one, waiting for whichever frees first."""
+    async def take(self, candidates: list[str], timeout: float | None = None) -> str | None:
+        """A slot on the first candidate that has one, waiting for whichever frees first;
+        None if none did within ``timeout`` seconds (a slot is never taken and lost)."""
         event = asyncio.Event()
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         with self._lock:
             for location in candidates:
                 self._waiting[location] += 1
         self._waiters.add(event)
         try:
             while (location := self.try_take(candidates)) is None:
-                await event.wait()
+                left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                if left is not None and left <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), left)
                 event.clear()
             return location
         finally:
