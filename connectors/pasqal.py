@@ -16,11 +16,10 @@ Two modes (``mode`` in deployment.yml):
   ``password`` as a credential reference, ``project_id``; ``device`` a cloud device such as
   FRESNEL, or ``emulator`` such as EMU_MPS). Not testable offline.
 
-Register embedding: a small search for 2-D positions (random restarts of a smooth penalty
-minimisation, seeded, so it is reproducible) with every conflict pair at distance <= 1 and
-every other pair at >= 1.25 (relative units), then scaled to the device's minimum atom
-distance. Graphs that are not such unit-disk graphs in the plane (e.g. a star with 6 or more
-leaves) are refused with a message saying so.
+The register embedding is :mod:`~qflow.connectors.pasqal_embedding`'s (graphs that are not
+unit-disk graphs in the plane are refused with a message saying so), the sweep
+:mod:`~qflow.connectors.pasqal_sequence`'s, and both modes run it in
+:mod:`~qflow.connectors.pasqal_runs`.
 
 Without the SDK (``pip install 'qflow[pasqal]'``) validation and :meth:`start` say which extra
 to install.
@@ -28,31 +27,18 @@ to install.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import math
-import time
-import warnings
-from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, cast
 
 from pydantic import Field, model_validator
 
-from qflow.connectors.ibm import (
-    BookedTasks,
-    BookTask,
-    MissingExtra,
-    Qubo,
-    TaskBook,
-    TaskCancelled,
-    TaskRefused,
-    best_of_counts,
-    check_extra,
-    import_extra,
-    in_worker,
-    parse_qubo,
-    require_extra,
-)
+from qflow.connectors.pasqal_embedding import Embedding, EmbeddingError, check_mis_shape, embed
+from qflow.connectors.pasqal_runs import emulate, run_in_cloud
+from qflow.connectors.pasqal_sequence import build_sequence
+from qflow.connectors.qubo import Qubo, parse_qubo, qubo_result, refuse_larger
+from qflow.connectors.sdk_extras import MissingExtra, check_extra, import_extra, require_extra
+from qflow.connectors.sdk_threads import in_worker
+from qflow.connectors.task_book import BookedTasks, BookTask, TaskBook
+from qflow.connectors.task_errors import TaskRefused
 from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig
 from qflow.secrets import SecretReference, redact, resolve_secret
 
@@ -60,174 +46,6 @@ PASQAL_EXTRA = "pasqal"
 LOCAL_MODULES = ("pulser", "pulser_simulation")
 CLOUD_MODULES = ("pulser", "pasqal_cloud")
 LOCAL_DEVICES = ("AnalogDevice", "DigitalAnalogDevice")
-EDGE = 1.0
-"""Longest conflict edge, in relative units."""
-NON_EDGE = 1.25
-"""Shortest distance between non-conflicting atoms: the blockade radius lies in between."""
-SEARCH_TARGET = 1.6
-"""The search aims at this gap (more contrast), and accepts anything above NON_EDGE."""
-MIN_GAP = 0.7
-"""Shortest distance between any two atoms, relative."""
-CLOUD_FINAL = {
-    "DONE": "completed",
-    "ERROR": "failed",
-    "TIMED_OUT": "failed",
-    "CANCELED": "cancelled",
-    "CANCELLED": "cancelled",
-}
-
-
-class EmbeddingError(TaskRefused):
-    """The conflict graph cannot be laid out as atoms (not a unit-disk graph, too large...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Embedding:
-    coords: tuple[tuple[float, float], ...]
-    """Atom positions in µm, centred on the origin; atom i is variable i."""
-    blockade_radius: float
-    """µm; conflicting atoms are closer, the others farther."""
-    omega: float
-    """Peak Rabi frequency in rad/µs that gives this blockade radius."""
-
-
-def layout_graph(
-    n: int, edges: Sequence[tuple[int, int]], seed: int = 0, restarts: int = 25
-) -> list[tuple[float, float]]:
-    """Relative 2-D positions: edges <= EDGE, non-edges >= NON_EDGE, all pairs >= MIN_GAP."""
-    import numpy as np
-    from scipy.optimize import minimize
-
-    if n == 1:
-        return [(0.0, 0.0)]
-    pairs = list(itertools.combinations(range(n), 2))
-    wanted = {(min(e), max(e)) for e in edges}
-    first = np.array([p[0] for p in pairs])
-    second = np.array([p[1] for p in pairs])
-    is_edge = np.array([p in wanted for p in pairs])
-
-    def distances(flat: Any) -> Any:
-        x = flat.reshape(n, 2)
-        return np.linalg.norm(x[first] - x[second], axis=1)
-
-    def loss(flat: Any) -> float:
-        d = distances(flat)
-        return float(
-            np.sum(np.maximum(d[is_edge] - EDGE, 0) ** 2)
-            + np.sum(np.maximum(SEARCH_TARGET - d[~is_edge], 0) ** 2)
-            + np.sum(np.maximum(MIN_GAP - d, 0) ** 2)
-        )
-
-    def acceptable(flat: Any) -> bool:
-        d = distances(flat)
-        return bool(
-            np.all(d[is_edge] <= EDGE + 1e-6)
-            and np.all(d[~is_edge] >= NON_EDGE)
-            and np.all(d >= MIN_GAP - 1e-6)
-        )
-
-    rng = np.random.default_rng(seed)
-    spread = math.sqrt(n)
-    for _ in range(restarts):  # usually the first one succeeds
-        result = minimize(loss, rng.uniform(-spread, spread, 2 * n), method="L-BFGS-B")
-        if acceptable(result.x):
-            x = result.x.reshape(n, 2)
-            return [(float(a), float(b)) for a, b in x - x.mean(axis=0)]
-    raise EmbeddingError(
-        f"the conflict graph ({n} variables, {len(wanted)} conflicts) cannot be laid out as "
-        "atoms: no placement found with every conflicting pair inside the blockade radius and "
-        "every other pair outside it (it is not a unit-disk graph in the plane, e.g. a star "
-        "with 6 or more leaves). Fix: solve it on another location"
-    )
-
-
-def embed(qubo: Qubo, device: Any, seed: int = 0) -> Embedding:
-    """Atom positions and Rabi frequency for ``qubo``'s conflict graph on ``device``."""
-    import numpy as np
-
-    n = qubo.num_variables
-    edges = qubo.conflict_edges()
-    rel = np.array(layout_graph(n, edges, seed=seed))
-    pairs = list(itertools.combinations(range(n), 2))
-    wanted = set(edges)
-    dist = {p: float(np.linalg.norm(rel[p[0]] - rel[p[1]])) for p in pairs}
-    longest_edge = max([dist[p] for p in pairs if p in wanted], default=EDGE)
-    shortest_other = min([dist[p] for p in pairs if p not in wanted], default=2 * NON_EDGE)
-    shortest = min(dist.values(), default=EDGE)
-    radius_rel = math.sqrt(longest_edge * shortest_other)  # the middle, geometrically
-    channel = device.channels["rydberg_global"]
-    min_distance = float(device.min_atom_distance or 4.0)
-    scale = min_distance / shortest
-    max_amp = channel.max_amp or 4 * math.pi
-    # blockade radius R = (C6 / Ω)^(1/6): a larger register needs a weaker Ω, never above max
-    omega = device.interaction_coeff / (scale * radius_rel) ** 6
-    if omega > 0.95 * max_amp:
-        omega = 0.95 * max_amp
-        scale = device.rydberg_blockade_radius(omega) / radius_rel
-    coords = rel * scale
-    reach = float(np.linalg.norm(coords, axis=1).max()) if n else 0.0
-    limit = device.max_radial_distance
-    if limit is not None and reach > limit:
-        raise EmbeddingError(
-            f"the atom layout needs a radius of {reach:.1f} µm, {device.name} allows {limit} µm"
-        )
-    return Embedding(
-        coords=tuple((float(a), float(b)) for a, b in coords),
-        blockade_radius=scale * radius_rel,
-        omega=float(omega),
-    )
-
-
-def build_sequence(embedding: Embedding, device: Any, duration: int) -> Any:
-    """The adiabatic MIS sequence: Ω 0 → Ω_max → 0, detuning -1.5 Ω_max → +Ω_max."""
-    import numpy as np
-    from pulser import Pulse, Sequence
-    from pulser.register import Register, RegisterLayout
-    from pulser.waveforms import InterpolatedWaveform
-
-    n = len(embedding.coords)
-    coords = np.array(embedding.coords)
-    ids = [f"q{i}" for i in range(n)]
-    if getattr(device, "requires_layout", False):
-        # The layout gets spare traps on a ring outside the atoms (devices fill at most a
-        # fraction of a layout); the register uses only the traps at the atoms' positions.
-        filling = getattr(device, "max_layout_filling", 0.5) or 0.5
-        spare = max(0, math.ceil(n / filling) - n)
-        ring = float(np.linalg.norm(coords, axis=1).max()) + float(device.min_atom_distance)
-        extra = [
-            (ring * math.cos(2 * math.pi * k / spare), ring * math.sin(2 * math.pi * k / spare))
-            for k in range(spare)
-        ]
-        layout = RegisterLayout(np.vstack([coords, extra]) if extra else coords)
-        traps = layout.get_traps_from_coordinates(*coords)
-        register = layout.define_register(*traps, qubit_ids=ids)
-    else:
-        register = Register(dict(zip(ids, coords, strict=True)))
-    sequence = Sequence(register, device)
-    sequence.declare_channel("ising", "rydberg_global")
-    omega = embedding.omega
-    detuning_limit = sequence.declared_channels["ising"].max_abs_detuning or 10 * omega
-    start, end = max(-1.5 * omega, -detuning_limit), min(omega, detuning_limit)
-    sequence.add(
-        Pulse(
-            InterpolatedWaveform(duration, [1e-9, omega, 1e-9]),
-            InterpolatedWaveform(duration, [start, 0.0, end]),
-            0.0,
-        ),
-        "ising",
-    )
-    return sequence
-
-
-def check_mis_shape(qubo: Qubo) -> None:
-    negative = [(i, j) for i, j, v in qubo.terms if i != j and v < 0]
-    if negative:
-        i, j = negative[0]
-        raise TaskRefused(
-            f"the QUBO is not MIS-shaped: quadratic term ({i}, {j}) is negative; this QPU takes "
-            "QUBOs whose quadratic terms are positive conflict penalties. Fix: solve it on "
-            "another location"
-        )
 
 
 class PasqalConfig(QuantumLocationConfig):
@@ -346,6 +164,12 @@ class PasqalConnector(BookedTasks, QuantumConnector):
     async def stop(self) -> None:
         await self.book.close()
 
+    def _require_started(self) -> Any:
+        """The device model (local) or the cloud device's specs; set by :meth:`start`."""
+        if self.device is None:
+            raise RuntimeError(f"QPU {self.location}: connector used before start()")
+        return self.device
+
     # -- execution (worker thread) -------------------------------------------------------------
     def _run_qubo(self, task: BookTask, qubo: Qubo, embedding: Embedding) -> dict[str, Any]:
         sequence = build_sequence(embedding, self.device, self.cfg.duration)
@@ -357,82 +181,28 @@ class PasqalConnector(BookedTasks, QuantumConnector):
         task.checkpoint()
         shots = self.cfg.shots
         if self.cfg.mode == "local":
-            counts = self._emulate(task, sequence, shots, qubo.seed)
+            counts = emulate(task, sequence, shots, qubo.seed)
         else:
-            counts = self._cloud(task, sequence, shots)
+            counts = run_in_cloud(
+                self._client, task, sequence, shots, self.cfg.emulator, self.cfg.poll_interval
+            )
         # pulser's bitstrings have atom 0 leftmost; best_of_counts wants variable 0 rightmost
         reversed_counts = {key[::-1]: int(c) for key, c in counts.items()}
-        sample, energy, hits = best_of_counts(qubo, reversed_counts)
-        return {
-            "kind": "qubo",
-            "best_sample": sample,
-            "best_energy": energy,
-            "solver": f"pasqal:{self.device.name}/adiabatic"
-            + ("" if self.cfg.mode == "local" else f"@{self.cfg.emulator or 'qpu'}"),
-            "num_reads": shots,
-            "num_distinct": len(counts),
-            "best_count": hits,
-            "atoms": [list(c) for c in embedding.coords],
-            "blockade_radius": embedding.blockade_radius,
-        }
-
-    def _emulate(self, task: BookTask, sequence: Any, shots: int, seed: int | None) -> Any:
-        import numpy as np
-        from pulser_simulation import QutipEmulator
-
-        began = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # qutip/pulser deprecation chatter
-            emulator = QutipEmulator.from_sequence(sequence)
-            results = emulator.run()
-            # pulser samples with numpy's global generator: seed it for this call only
-            saved = np.random.get_state()
-            try:
-                if seed is not None:
-                    np.random.seed(seed)
-                counts = results.sample_final_state(N_samples=shots)
-            finally:
-                np.random.set_state(saved)
-            order = list(results[-1].atom_order)
-        if order != [f"q{i}" for i in range(len(order))]:
-            raise RuntimeError(f"unexpected atom order in pulser's result: {order}")
-        task.qpu_seconds = time.perf_counter() - began
-        return counts
-
-    def _cloud(self, task: BookTask, sequence: Any, shots: int) -> dict[str, int]:
-        """Submit a one-job batch and wait for it (polling; a stop cancels the batch)."""
-        emulator = None
-        if self.cfg.emulator:
-            from pasqal_cloud.device import EmulatorType
-
-            emulator = EmulatorType(self.cfg.emulator)
-        batch = self._client.create_batch(
-            serialized_sequence=sequence.to_abstract_repr(),
-            jobs=[{"runs": shots}],
-            emulator=emulator,
-            wait=False,
+        solver = f"pasqal:{self.device.name}/adiabatic" + (
+            "" if self.cfg.mode == "local" else f"@{self.cfg.emulator or 'qpu'}"
         )
-        batch_id = batch.id
-        task.note(f"batch {batch_id} submitted ({shots} runs)")
-        task.on_cancel = lambda: self._client.cancel_batch(batch_id)
-        while True:
-            batch = self._client.get_batch(batch_id)
-            state = CLOUD_FINAL.get(str(batch.status).upper())
-            if state is not None:
-                break
-            if task.cancel_event.is_set():
-                raise TaskCancelled
-            time.sleep(self.cfg.poll_interval)
-        task.on_cancel = None
-        if state != "completed":
-            raise RuntimeError(f"Pasqal Cloud batch {batch_id} ended {batch.status}")
-        job = batch.ordered_jobs[0]
-        return {str(k): int(v) for k, v in (job.result or {}).items()}
+        return qubo_result(
+            qubo,
+            reversed_counts,
+            solver,
+            shots,
+            atoms=[list(c) for c in embedding.coords],
+            blockade_radius=embedding.blockade_radius,
+        )
 
     # -- the QuantumConnector contract ---------------------------------------------------------
     async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
-        if self.device is None:
-            raise RuntimeError(f"QPU {self.location}: connector used before start()")
+        device = self._require_started()
         existing = self.book.find(task, idempotency_key)
         if existing is not None:
             return existing.id
@@ -442,17 +212,13 @@ class PasqalConnector(BookedTasks, QuantumConnector):
                 f"QPU {self.location}: task kind {kind!r} is not supported (supported: qubo)"
             )
         qubo = parse_qubo(task)
-        limit = min(self.cfg.max_atoms, self.device.max_atom_num or self.cfg.max_atoms)
-        if qubo.num_variables > limit:
-            raise TaskRefused(
-                f"QPU {self.location}: the QUBO has {qubo.num_variables} variables, more than "
-                f"this QPU takes ({limit} atoms)"
-            )
+        limit = min(self.cfg.max_atoms, device.max_atom_num or self.cfg.max_atoms)
+        refuse_larger(qubo, limit, self.location, f"{limit} atoms")
         check_mis_shape(qubo)
         # the layout search takes up to a few seconds for graphs that cannot be embedded:
         # off the event loop, and before a task exists, so such a QUBO is refused outright
         try:
-            embedding = await in_worker(embed, qubo, self.device, qubo.seed or 0)
+            embedding = await in_worker(embed, qubo, device, qubo.seed or 0)
         except EmbeddingError as exc:
             raise EmbeddingError(f"QPU {self.location}: {exc}") from None
         return self.book.submit(
@@ -460,21 +226,18 @@ class PasqalConnector(BookedTasks, QuantumConnector):
         ).id
 
     async def status(self) -> QpuStatus:
-        if self.device is None:
-            raise RuntimeError(f"QPU {self.location}: connector used before start()")
+        device = self._require_started()
         running, pending = self.book.counts()
         where = "emulated locally (QutipEmulator)" if self.cfg.mode == "local" else "Pasqal Cloud"
         return QpuStatus(
             online=True,
             running=running,
             pending=pending,
-            detail=f"{self.device.name}: {where}",
+            detail=f"{device.name}: {where}",
         )
 
     async def target(self) -> dict[str, Any]:
-        if self.device is None:
-            raise RuntimeError(f"QPU {self.location}: connector used before start()")
-        d = self.device
+        d = self._require_started()
         return {
             "device": d.name,
             "mode": self.cfg.mode,

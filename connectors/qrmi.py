@@ -30,71 +30,43 @@ QRMI has no idempotency key: the connector remembers each key's task in memory, 
 submission to the same gateway returns the first task (a gateway restart forgets them).
 QRMI does not report QPU time: ``qpu_seconds`` stays unset and qflow counts submission to
 the first final status seen.
+
+The location's keys are :mod:`~qflow.connectors.qrmi_config`'s; a resource is built by
+:mod:`~qflow.connectors.qrmi_resource`, tasks become payloads in
+:mod:`~qflow.connectors.qrmi_payloads` and results are decoded in
+:mod:`~qflow.connectors.qrmi_results`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, cast
 
-from pydantic import Field, field_validator, model_validator
-
-from qflow.connectors.ibm import (
-    IBM_MODULES,
-    Qubo,
-    ResultNotReady,
-    TaskNotFound,
-    TaskRefused,
-    best_of_counts,
-    check_extra,
-    counts_of,
-    extra_message,
-    fingerprint,
-    in_worker,
-    missing_modules,
-    parse_qubo,
-    parse_sampler,
-    plan_qaoa,
-    qaoa_circuit,
-    require_extra,
+from qflow.connectors.ibm import IBM_MODULES
+from qflow.connectors.qrmi_config import (
+    IBM_TYPES,
+    PASQAL_TYPES,
+    QRMI_EXTRA,
+    RESOURCE_TYPES,
+    QrmiConfig,
+    setting_name,
 )
+from qflow.connectors.qrmi_payloads import task_payload
+from qflow.connectors.qrmi_resource import open_resource
+from qflow.connectors.qrmi_results import decode_result
+from qflow.connectors.qubo import Qubo
+from qflow.connectors.sdk_extras import check_extra, extra_message, missing_modules
+from qflow.connectors.sdk_threads import in_worker
+from qflow.connectors.task_book import fingerprint, reused_key
+from qflow.connectors.task_errors import ResultNotReady, TaskNotFound, TaskRefused
 from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
-from qflow.secrets import REFERENCE, SecretReference, check_reference, redact, resolve_secret
+from qflow.secrets import REFERENCE, redact, resolve_secret
 
-QRMI_EXTRA = "qrmi"
-RESOURCE_TYPES = {
-    "ibm-quantum-compute-service": "IBMQuantumComputeService",
-    "qiskit-runtime-service": "IBMQiskitRuntimeService",
-    "ibm-quantum-system": "IBMQuantumSystem",
-    "pasqal-cloud": "PasqalCloud",
-    "pasqal-local": "PasqalLocal",
-    "iqm-server": "IQMServer",
-    "alice-bob-felis": "AliceBobFelis",
-    "oqtopus": "OQTOPUS",
-}
-IBM_TYPES = frozenset(
-    {"ibm-quantum-compute-service", "qiskit-runtime-service", "ibm-quantum-system"}
-)
-PASQAL_TYPES = frozenset({"pasqal-cloud", "pasqal-local"})
-REQUIRED = {
-    "ibm-quantum-compute-service": (
-        "QRMI_IBM_QCS_ENDPOINT",
-        "QRMI_IBM_QCS_IAM_ENDPOINT",
-        "QRMI_IBM_QCS_IAM_APIKEY",
-        "QRMI_IBM_QCS_SERVICE_CRN",
-    ),
-}
-"""Settings QRMI requires, where known (checked at validation, before anything runs)."""
-CREDENTIAL = re.compile(r"APIKEY|API_KEY|TOKEN|SECRET|PASSWORD|ACCESS_KEY", re.IGNORECASE)
-SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STATES = {
     "queued": "queued",
     "running": "running",
@@ -103,85 +75,11 @@ STATES = {
     "cancelled": "cancelled",
 }
 
-FALLBACK_ERRORS = frozenset({"PanicException", "UnsupportedFunctionError", "NotImplementedError"})
-"""Errors of ``QuantumResource.from_config`` after which the resource is built from
-``<resource>_QRMI_*`` environment variables instead (set for that call only)."""
-
 T = TypeVar("T")
 
 
 class QrmiTaskError(RuntimeError):
     """A QRMI call failed; the message names the location and call, never a credential."""
-
-
-def _setting(resource: str, key: str) -> str:
-    """``<resource>_QRMI_X`` → ``QRMI_X`` (QRMI's config keys carry no resource prefix)."""
-    prefix = f"{resource}_"
-    return key[len(prefix) :] if key.startswith(prefix) else key
-
-
-class QrmiConfig(QuantumLocationConfig):
-    resource: str = Field(description="QRMI resource id (e.g. the backend name ibm_torino).")
-    type: Literal[tuple(RESOURCE_TYPES)] = Field(  # type: ignore[valid-type]
-        description="QRMI resource type: " + ", ".join(RESOURCE_TYPES) + "."
-    )
-    environment: dict[str, str] = Field(
-        default_factory=dict,
-        description="QRMI settings (QRMI_IBM_QCS_ENDPOINT, ...; the RESOURCE_ prefix that "
-        "QRMI's environment variables carry is optional); values literal or ${env:NAME}/"
-        "${file:PATH} references. Credentials go in secrets.",
-    )
-    secrets: dict[str, SecretReference] = Field(
-        default_factory=dict,
-        description="QRMI credential settings (QRMI_IBM_QCS_IAM_APIKEY, ...), as references "
-        "only: ${env:NAME} or ${file:PATH}.",
-    )
-    shots: int = Field(default=1024, ge=1, le=100_000, description="Shots per QAOA circuit.")
-    reps: int = Field(default=1, ge=1, le=10, description="QAOA layers (p) for qubo tasks.")
-    max_variables: int = Field(
-        default=32,
-        ge=1,
-        le=1000,
-        description="Largest QUBO accepted (also capped by the backend's qubits).",
-    )
-    optimization_level: int = Field(
-        default=1, ge=0, le=3, description="Qiskit transpiler optimisation level."
-    )
-
-    @field_validator("environment")
-    @classmethod
-    def _check_environment(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, text in value.items():
-            if not SETTING.match(key):
-                raise ValueError(f"environment key {key!r} is not a setting name")
-            if CREDENTIAL.search(key):
-                raise ValueError(
-                    f"{key} is a credential: it is not accepted in environment. "
-                    f"Fix: move it to secrets as {key}: ${{env:NAME}}"
-                )
-            if REFERENCE.match(text):
-                check_reference(text)
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> QrmiConfig:
-        require_extra("qrmi", QRMI_EXTRA, ("qrmi",))
-        if self.type in IBM_TYPES:
-            missing = missing_modules(IBM_MODULES[:2])
-            if missing:
-                raise ValueError(
-                    f"{self.type} resources need {', '.join(missing)} (QAOA circuits, "
-                    "transpiling, result decoding), which is not installed. "
-                    "Fix: pip install 'qflow[qrmi,ibm]'"
-                )
-        given = {_setting(self.resource, k) for k in [*self.environment, *self.secrets]}
-        absent = [k for k in REQUIRED.get(self.type, ()) if k not in given]
-        if absent:
-            raise ValueError(
-                f"a {self.type} resource needs {', '.join(absent)}. Fix: add them under "
-                "environment (endpoints, CRN) or secrets (the API key, as ${env:NAME})"
-            )
-        return self
 
 
 @dataclasses.dataclass(eq=False)
@@ -244,13 +142,13 @@ class QrmiConnector(QuantumConnector):
     def _settings(self) -> dict[str, str]:
         settings: dict[str, str] = {}
         for key, value in self.cfg.environment.items():
-            settings[_setting(self.cfg.resource, key)] = (
+            settings[setting_name(self.cfg.resource, key)] = (
                 resolve_secret(value) if REFERENCE.match(value) else value
             )
         for key, reference in self.cfg.secrets.items():
             value = resolve_secret(reference)
             self._secrets.append(value)
-            settings[_setting(self.cfg.resource, key)] = value
+            settings[setting_name(self.cfg.resource, key)] = value
         return settings
 
     async def start(self) -> None:
@@ -263,27 +161,12 @@ class QrmiConnector(QuantumConnector):
         settings = self._settings()
         kind = getattr(qrmi.ResourceType, RESOURCE_TYPES[self.cfg.type])
         try:
-            self._resource = await in_worker(self._open, kind, settings)
+            self._resource = await in_worker(open_resource, qrmi, self.cfg.resource, kind, settings)
             self._metadata = dict(await self._call("metadata", self._resource.metadata))
         except QrmiTaskError:
             raise
         except Exception as exc:
             raise self._error("opening the resource", exc) from None
-
-    def _open(self, kind: Any, settings: dict[str, str]) -> Any:
-        qrmi = self._qrmi
-        try:
-            return qrmi.QuantumResource.from_config(self.cfg.resource, kind, settings)
-        except (qrmi.ConfigError, qrmi.EnvVarNotSetError):
-            raise
-        except BaseException as exc:  # a type without from_config: a Rust panic
-            if type(exc).__name__ not in FALLBACK_ERRORS:
-                raise
-        # QRMI reads these settings from <resource>_<KEY> variables when the resource is
-        # built: set them for that call only, under a lock, and restore the environment.
-        names = {f"{self.cfg.resource}_{k}": v for k, v in settings.items()}
-        with _ENV_LOCK, _environment(names):
-            return qrmi.QuantumResource(self.cfg.resource, kind)
 
     async def stop(self) -> None:
         self._resource = None
@@ -304,7 +187,7 @@ class QrmiConnector(QuantumConnector):
                 raise TaskNotFound(self._error(what, exc).args[0]) from None
             raise self._error(what, exc) from None
 
-    # -- IBM payloads --------------------------------------------------------------------------
+    # -- IBM types: the backend their payloads are transpiled for ------------------------------
     def _ibm_backend(self) -> Any:
         """The resource's backend as a Qiskit BackendV2 (from QRMI's target), cached."""
         if self._backend is None:
@@ -313,70 +196,6 @@ class QrmiConnector(QuantumConnector):
             with self._lock:
                 self._backend = get_backend(self._resource)
         return self._backend
-
-    def _sampler_payload(self, circuits: list[Any], shots: int, seed: int | None) -> Any:
-        from qiskit import qasm3, transpile
-
-        backend = self._ibm_backend()
-        isa = transpile(
-            circuits,
-            backend=backend,
-            optimization_level=self.cfg.optimization_level,
-            seed_transpiler=seed,
-        )
-        pubs = [
-            [
-                qasm3.dumps(
-                    c,
-                    disable_constants=True,
-                    allow_aliasing=True,
-                    experimental=qasm3.ExperimentalFeatures.SWITCH_CASE_V1,
-                ),
-                None,
-                shots,
-            ]
-            for c in isa
-        ]
-        body = {"pubs": pubs, "shots": shots, "options": {}, "version": 2, "support_qiskit": True}
-        return self._qrmi.Payload.QiskitPrimitive(input=json.dumps(body), program_id="sampler")
-
-    def _prepare(self, task: dict[str, Any], kind: str) -> tuple[Any, Qubo | None]:
-        """(QRMI payload, QUBO if any) for a task; runs in a worker thread."""
-        qrmi = self._qrmi
-        if kind == "qubo":
-            qubo = parse_qubo(task)
-            qubits = self._ibm_backend().num_qubits
-            limit = min(self.cfg.max_variables, qubits)
-            if qubo.num_variables > limit:
-                raise TaskRefused(
-                    f"QPU {self.location}: the QUBO has {qubo.num_variables} variables, more "
-                    f"than this QPU takes ({limit}: {self.cfg.resource} has {qubits} qubits, "
-                    f"max_variables is {self.cfg.max_variables})"
-                )
-            circuit = qaoa_circuit(qubo, plan_qaoa(qubo, self.cfg.reps))
-            return self._sampler_payload([circuit], self.cfg.shots, qubo.seed), qubo
-        if kind == "sampler":
-            circuits, shots = parse_sampler(task, self.cfg.shots)
-            return self._sampler_payload(circuits, shots, None), None
-        if kind == "primitive":
-            program = task.get("program_id")
-            body = task.get("input")
-            if not isinstance(program, str) or not isinstance(body, dict | str):
-                raise TaskRefused(
-                    "kind 'primitive' needs program_id (sampler, estimator, ...) and input "
-                    "(the primitive's parameters, an object)"
-                )
-            text = body if isinstance(body, str) else json.dumps(body)
-            return qrmi.Payload.QiskitPrimitive(input=text, program_id=program), None
-        sequence = task.get("sequence")
-        shots = task.get("shots", self.cfg.shots)
-        if not isinstance(sequence, str | dict) or not isinstance(shots, int) or shots < 1:
-            raise TaskRefused(
-                "kind 'pulser' needs sequence (a pulser sequence in its JSON abstract "
-                "representation) and shots (a positive integer)"
-            )
-        text = sequence if isinstance(sequence, str) else json.dumps(sequence)
-        return qrmi.Payload.PasqalCloud(sequence=text, job_runs=shots), None
 
     # -- the QuantumConnector contract ---------------------------------------------------------
     async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
@@ -401,13 +220,12 @@ class QrmiConnector(QuantumConnector):
             known = self._by_key.get(idempotency_key)
             if known is not None:
                 if known.fingerprint != digest:
-                    raise TaskRefused(
-                        f"idempotency key {idempotency_key!r} was already used for a different "
-                        f"task ({known.id}). Fix: use a new key for a new task"
-                    )
+                    raise reused_key(idempotency_key, known.id)
                 return known.id
             try:
-                payload, qubo = await in_worker(self._prepare, task, kind)
+                payload, qubo = await in_worker(
+                    task_payload, self._qrmi, self.cfg, self.location, self._ibm_backend, task, kind
+                )
             except TaskRefused:
                 raise
             except Exception as exc:
@@ -461,42 +279,15 @@ class QrmiConnector(QuantumConnector):
             raise ResultNotReady(f"task {task_id} has no result, it is {info.state}")
         raw = await self._call("task_result", self._resource.task_result, task_id)
         kind = item.kind if item else "primitive"
+        qubo = item.qubo if item else None
+        where = f"qrmi:{self.cfg.type}/{self.cfg.resource}"
         try:
-            result = await in_worker(self._decode, kind, raw.value, item)
+            result = await in_worker(decode_result, kind, raw.value, qubo, where, self.cfg.reps)
         except Exception as exc:
             raise self._error("decoding the result", exc) from None
         if item is not None:
             item.result = result
         return result
-
-    def _decode(self, kind: str, text: str, item: QrmiTask | None) -> dict[str, Any]:
-        where = f"qrmi:{self.cfg.type}/{self.cfg.resource}"
-        if kind in ("qubo", "sampler"):
-            try:
-                from qiskit_ibm_runtime.decoders.result_decoder import ResultDecoder
-            except ModuleNotFoundError:  # qiskit-ibm-runtime < 0.46
-                from qiskit_ibm_runtime.utils.result_decoder import ResultDecoder
-            decoded = ResultDecoder.decode(text)
-            counts = [counts_of(pub) for pub in decoded]
-            if kind == "sampler":
-                return {"kind": "sampler", "counts": counts, "solver": f"{where}/sampler"}
-            assert item is not None and item.qubo is not None
-            sample, energy, hits = best_of_counts(item.qubo, counts[0])
-            return {
-                "kind": "qubo",
-                "best_sample": sample,
-                "best_energy": energy,
-                "solver": f"{where}/qaoa",
-                "num_reads": sum(counts[0].values()),
-                "num_distinct": len(counts[0]),
-                "best_count": hits,
-                "reps": self.cfg.reps,
-            }
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        return {"kind": kind, "result": body, "solver": where}
 
     async def task_stop(self, task_id: str) -> None:
         item = self._item(task_id)
@@ -565,21 +356,3 @@ class QrmiConnector(QuantumConnector):
             "type": self.cfg.type,
             **{f"qrmi_{k}": v for k, v in self._metadata.items()},
         }
-
-
-_ENV_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a block, then restore them."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old

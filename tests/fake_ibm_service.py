@@ -32,7 +32,7 @@ from aiohttp import web
 
 API = "/api/v1"
 SIMULATOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fake-ibm")
-"""Long-lived threads for the simulations (see qflow.connectors.ibm.WORKERS for why)."""
+"""Long-lived threads for the simulations (see qflow.connectors.sdk_threads.WORKERS for why)."""
 
 
 def _now() -> str:
