@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -74,32 +75,32 @@ class Placer:
         """Whether a quantum candidate has somewhere to fall back to."""
         return any(not self.is_quantum(c) for c in self.deployment.candidates(step))
 
-    def _split(self, step: str, skip_quantum: bool) -> tuple[list[str], list[str]]:
+    def _request(self, step: str, iteration: int | None, fallback: str | None) -> _Request:
         candidates = self.deployment.candidates(step)
-        quantum = [] if skip_quantum else [c for c in candidates if self.is_quantum(c)]
-        return quantum, [c for c in candidates if not self.is_quantum(c)]
+        quantum = [] if fallback else [c for c in candidates if self.is_quantum(c)]
+        classical = [c for c in candidates if not self.is_quantum(c)]
+        reasons = [fallback] if fallback else []
+        return _Request(step, iteration, time.time(), quantum, classical, reasons)
 
     # -- placing -----------------------------------------------------------------------------
     def place_now(self, step: str, iteration: int | None) -> Placement | None:
         """The placement of a step with classical candidates only, if a slot is free right
         now (any thread; no event-loop round trip); None: use :meth:`place`."""
-        quantum, classical = self._split(step, skip_quantum=False)
-        if quantum:
+        request = self._request(step, iteration, None)
+        if request.quantum:
             return None
-        requested = time.time()
         if self.deployment.placement_for(step) == "first":
-            location = self.slots.try_take(classical)
+            location = self.slots.try_take(request.classical)
             reason = "first candidate with a free slot"
             estimates = None
         else:
-            ranked = sorted(self._classical_estimates(step, classical), key=_finish_order)
+            ranked = sorted(self._classical_estimates(step, request.classical), key=_finish_order)
             location = self.slots.try_take([ranked[0].location])
             reason = _earliest_reason(ranked)
             estimates = _estimates(ranked)
         if location is None:
             return None
-        return self._granted(step, iteration, location, requested, reason=reason,
-                             estimates=estimates)  # fmt: skip
+        return self._granted(request, location, reason=reason, estimates=estimates)
 
     async def place(
         self, step: str, iteration: int | None, *, fallback_reason: str | None = None
@@ -108,41 +109,29 @@ class Placer:
 
         ``fallback_reason``: the quantum execution failed; only classical candidates remain.
         """
-        requested = time.time()
-        quantum, classical = self._split(step, skip_quantum=fallback_reason is not None)
-        reasons = [fallback_reason] if fallback_reason else []
+        request = self._request(step, iteration, fallback_reason)
         if self.deployment.placement_for(step) == "first":
-            return await self._first(step, iteration, quantum, classical, reasons, requested)
-        return await self._earliest(step, iteration, quantum, classical, reasons, requested)
+            return await self._first(request)
+        return await self._earliest(request)
 
-    async def _first(
-        self,
-        step: str,
-        iteration: int | None,
-        quantum: list[str],
-        classical: list[str],
-        reasons: list[str],
-        requested: float,
-    ) -> Placement:
-        if quantum:
-            granted = await self._first_lease(step, quantum, reasons)
+    async def _first(self, request: _Request) -> Placement:
+        if request.quantum:
+            granted = await self._first_lease(request)
             if granted is not None:
                 location, lease = granted
                 why = "first quantum candidate with a free virtual QPU"
-                return await self._on_qpu(step, iteration, location, lease, requested, why)
-        if not classical:
-            raise NoPlacement(f"no location can take {step}: {'; '.join(reasons)}")
-        location = await self.slots.take(classical)
+                return await self._on_qpu(request, location, lease, why)
+        if not request.classical:
+            raise NoPlacement(f"no location can take {request.step}: {request.why()}")
+        location = await self.slots.take(request.classical)
         assert location is not None  # no timeout: it waited until one was free
-        why = "; ".join(reasons) if quantum or reasons else None
-        return self._granted(step, iteration, location, requested, fallback_reason=why,
+        return self._granted(request, location, fallback_reason=request.why() or None,
                              reason="first classical candidate with a free slot")  # fmt: skip
 
-    async def _first_lease(
-        self, step: str, quantum: list[str], reasons: list[str]
-    ) -> tuple[str, Lease] | None:
+    async def _first_lease(self, request: _Request) -> tuple[str, Lease] | None:
         """A lease on the first QPU free now, else on whichever frees first within its
         ``max_wait``; None (with the reasons) if none does."""
+        quantum, step = request.quantum, request.step
         waiting: list[str] = []
         for location in quantum if len(quantum) > 1 else []:  # probes keep binding order
             try:
@@ -151,11 +140,9 @@ class Placer:
                 if exc.busy and self.qpus.config(location).max_wait > 0:
                     waiting.append(location)
                 else:
-                    reasons.append(str(exc))
+                    request.reasons.append(str(exc))
         if len(quantum) == 1:
             waiting = quantum
-        if not waiting:
-            return None
         tasks = {
             asyncio.ensure_future(self.qpus.lease(loc, step, self.qpus.config(loc).max_wait)): loc
             for loc in waiting
@@ -167,61 +154,48 @@ class Placer:
                     location = tasks.pop(task)
                     if task.exception() is None:
                         return location, task.result()
-                    reasons.append(str(task.exception()))
+                    request.reasons.append(str(task.exception()))
             return None
         finally:
             await _cancel_leases(self.qpus, tasks)
 
-    async def _earliest(
-        self,
-        step: str,
-        iteration: int | None,
-        quantum: list[str],
-        classical: list[str],
-        reasons: list[str],
-        requested: float,
-    ) -> Placement:
-        dropped: dict[str, str] = {}
+    async def _earliest(self, request: _Request) -> Placement:
         waited: dict[str, float] = {}
         while True:
-            ranked = await self._estimates(step, quantum, classical, dropped)
+            ranked = await self._estimates(request)
             if not ranked:
-                why = "; ".join([*reasons, *dropped.values()]) or "no candidate"
-                raise NoPlacement(f"no location can take {step}: {why}")
-            best = ranked[0]
-            reason = _earliest_reason(ranked)
+                raise NoPlacement(
+                    f"no location can take {request.step}: {request.why() or 'no candidate'}"
+                )
+            best, reason, estimates = ranked[0], _earliest_reason(ranked), _estimates(ranked)
             budget = max(REDECIDE_MIN_S, 2 * best.start_s)
             if not self.is_quantum(best.location):
                 location = await self.slots.take([best.location], budget)
                 if location is None:
                     continue  # what was expected did not happen: decide again
                 fallback = None
-                if quantum or reasons:
-                    fallback = "; ".join([*reasons, *dropped.values(),
-                                          f"expected to finish first here: {reason}"])  # fmt: skip
-                return self._granted(step, iteration, location, requested,
-                                     fallback_reason=fallback, reason=reason,
-                                     estimates=_estimates(ranked))  # fmt: skip
+                if request.quantum or request.reasons:
+                    fallback = request.why(f"expected to finish first here: {reason}")
+                return self._granted(request, location, fallback_reason=fallback,
+                                     reason=reason, estimates=estimates)  # fmt: skip
             location = best.location
-            max_wait = self.qpus.config(location).max_wait - waited.get(location, 0.0)
+            max_wait = self.qpus.config(location).max_wait
             began = time.monotonic()
             try:
-                lease = await self.qpus.lease(location, step, max(0.0, min(budget, max_wait)))
+                wait = max(0.0, min(budget, max_wait - waited.get(location, 0.0)))
+                lease = await self.qpus.lease(location, request.step, wait)
             except LeaseRefused as exc:
                 waited[location] = waited.get(location, 0.0) + time.monotonic() - began
-                if not exc.busy or waited[location] >= self.qpus.config(location).max_wait:
-                    dropped[location] = str(exc)
+                if not exc.busy or waited[location] >= max_wait:
+                    request.dropped[location] = str(exc)
                 continue
-            return await self._on_qpu(step, iteration, location, lease, requested, reason,
-                                      _estimates(ranked))  # fmt: skip
+            return await self._on_qpu(request, location, lease, reason, estimates)
 
     async def _on_qpu(
         self,
-        step: str,
-        iteration: int | None,
+        request: _Request,
         location: str,
         lease: Lease,
-        requested: float,
         reason: str,
         estimates: dict[str, float] | None = None,
     ) -> Placement:
@@ -233,15 +207,13 @@ class Placer:
             except BaseException:
                 await self.qpus.release(lease)
                 raise
-        return self._granted(step, iteration, location, requested, slot=run_on, lease=lease,
-                             reason=reason, estimates=estimates)  # fmt: skip
+        return self._granted(request, location, slot=run_on, lease=lease, reason=reason,
+                             estimates=estimates)  # fmt: skip
 
     def _granted(
         self,
-        step: str,
-        iteration: int | None,
+        request: _Request,
         location: str,
-        requested: float,
         *,
         slot: str | None = None,
         lease: Lease | None = None,
@@ -251,18 +223,18 @@ class Placer:
     ) -> Placement:
         placement = Placement(
             number=next(self._numbers),
-            step=step,
-            iteration=iteration,
+            step=request.step,
+            iteration=request.iteration,
             location=location,
             quantum=lease is not None,
-            requested=requested,
+            requested=request.requested,
             slot=slot if lease is not None else location,
             lease=lease,
             fallback_reason=fallback_reason,
             reason=reason,
             estimates=estimates,
         )
-        expected = self._run_estimate(step, location)[0]
+        expected = self._run_estimate(request.step, location)[0]
         with self._lock:
             self._active[placement.number] = (placement.slot or location, time.time(), expected)
         return placement
@@ -317,24 +289,22 @@ class Placer:
         start = qpu_start(info, task_s, run)
         return Estimate(location, start, run, source, order)
 
-    async def _estimates(
-        self, step: str, quantum: list[str], classical: list[str], dropped: dict[str, str]
-    ) -> list[Estimate]:
-        """Every candidate still in the running, earliest finish first (ties: binding order)."""
-        order = {loc: i for i, loc in enumerate(self.deployment.candidates(step))}
-        ranked = [
-            e for e in self._classical_estimates(step, classical) if e.location not in dropped
-        ]
-        live = [q for q in quantum if q not in dropped]
-        answers = await asyncio.gather(*(self._qpu_estimate(step, q, order[q]) for q in live))
-        for location, answer in zip(live, answers, strict=True):
+    async def _estimates(self, request: _Request) -> list[Estimate]:
+        """Every candidate still in the running, earliest finish first (ties: binding order).
+        A QPU that cannot take the step now is dropped, with why, into ``request.dropped``."""
+        order = {loc: i for i, loc in enumerate(self.deployment.candidates(request.step))}
+        live = [c for c in request.classical if c not in request.dropped]
+        ranked = self._classical_estimates(request.step, live)
+        quantum = [q for q in request.quantum if q not in request.dropped]
+        answers = await asyncio.gather(
+            *(self._qpu_estimate(request.step, q, order[q]) for q in quantum)
+        )
+        for location, answer in zip(quantum, answers, strict=True):
             if isinstance(answer, str):
-                dropped[location] = answer
+                request.dropped[location] = answer
             else:
                 ranked.append(answer)
-        ranked = [
-            Estimate(e.location, e.start_s, e.run_s, e.source, order[e.location]) for e in ranked
-        ]
+        ranked = [dataclasses.replace(e, order=order[e.location]) for e in ranked]
         return sorted(ranked, key=_finish_order)
 
     # -- the end of an execution ---------------------------------------------------------------
@@ -371,6 +341,24 @@ class Placer:
         if not self._closed:
             self._closed = True
             self.history.save()
+
+
+@dataclasses.dataclass
+class _Request:
+    """One execution to place: its candidates by kind, and why candidates were passed over."""
+
+    step: str
+    iteration: int | None
+    requested: float
+    quantum: list[str]
+    classical: list[str]
+    reasons: list[str]
+    """Why quantum candidates were passed over (a failed quantum execution, refusals)."""
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Candidates earliest finish stopped considering, and why."""
+
+    def why(self, *more: str) -> str:
+        return "; ".join([*self.reasons, *self.dropped.values(), *more])
 
 
 def _finish_order(estimate: Estimate) -> tuple[float, int]:
