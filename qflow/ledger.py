@@ -110,9 +110,7 @@ class Ledger:
                     "progress display failed and was switched off", exc_info=True
                 )
 
-    def submitted(
-        self, step: str, iteration: int | None, when: float | None = None
-    ) -> StepRecord:
+    def submitted(self, step: str, iteration: int | None, when: float | None = None) -> StepRecord:
         """A new execution, waiting since ``when`` (its placement request; default now)."""
         record = StepRecord(step=step, iteration=iteration, submitted=when or time.time())
         with self._lock:

@@ -37,8 +37,7 @@ async def end_leftovers(
             await (await pool.get(resource.location)).cancel_orphan(resource)
         else:
             raise LookupError(
-                f"location {resource.location} is not in the deployment any more; end it by "
-                "hand"
+                f"location {resource.location} is not in the deployment any more; end it by hand"
             )
         journal.ended(resource)
 

@@ -110,8 +110,9 @@ def job_key(job: ConnectorJob, spec: JobSpec) -> ReuseKey:
         + [canonical(spec.stdin_path, shapes), job.stdout, job.stderr],
         "inputs": [canonical(arg, inputs) for arg in spec.command]
         + [canonical(spec.stdin_path, inputs), *staged],
-        "environment": {k: canonical(v, inputs) for k, v in sorted(spec.env.items())
-                        if k in declared},  # fmt: skip
+        "environment": {
+            k: canonical(v, inputs) for k, v in sorted(spec.env.items()) if k in declared
+        },  # fmt: skip
     }
     parts = {name: _digest(value) for name, value in material.items()}
     return ReuseKey(_digest({"step": spec.step, **parts}), parts)

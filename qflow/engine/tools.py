@@ -85,16 +85,12 @@ class QflowCommandLineTool(CommandLineTool):
             )
             while not result:
                 yield None
-            if result["status"] == "success" or not dispatcher.placer.has_classical_candidate(
-                path
-            ):
+            if result["status"] == "success" or not dispatcher.placer.has_classical_candidate(path):
                 output_callbacks(result["out"], result["status"])
                 return
             reason = dispatcher.failure_of(placement)
             logging.getLogger("qflow").warning("%s: %s; falling back", path, reason)
-            placement = yield from _await(
-                dispatcher.place(path, iteration, fallback_reason=reason)
-            )
+            placement = yield from _await(dispatcher.place(path, iteration, fallback_reason=reason))
             if placement is None:
                 output_callbacks(result["out"], result["status"])
                 return
