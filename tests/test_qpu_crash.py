@@ -99,13 +99,13 @@ def test_a_crashed_runs_qpu_task_is_stopped_at_the_qpu_by_the_resume(tmp_path: P
 
 
 def test_a_task_whose_state_cannot_be_read_is_stopped_and_its_qpu_time_kept(tmp_path: Path):
-    with qpu(time_scale=0.05) as url:  # 6 s per task
+    with qpu(time_scale=0.025) as url:  # 3 s per task
         _call(url, "POST", "/v1/admin/faults",
               {"mode": "http500", "method": "GET", "paths": "/v1/tasks/"})  # fmt: skip
         proc = qflow_cli("run", str(SOLVE), str(_deployment(tmp_path, url)), "--outdir",
                          str(tmp_path / "o"), "--", "--qubo", str(QUBO))  # fmt: skip
         _call(url, "POST", "/v1/admin/faults", {"mode": "none"})
-        time.sleep(7)  # longer than the task would have taken had it been left running
+        time.sleep(3.5)  # longer than the task would have taken had it been left running
         (task,) = _tasks(url)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert task["state"] == "cancelled"  # stopped by id, although its state was unreadable
