@@ -40,7 +40,7 @@ def _starts(log: Path) -> list[tuple[str, int]]:
 def _crash_while_b_and_c_run(rundir: Path, log: Path) -> dict[str, int]:
     """Start the crash workflow, SIGKILL qflow once c started (b still runs); name -> pid."""
     proc = qflow_interruptible("run", str(CRASH), "--quiet", "--outdir", str(rundir),
-                               "--", "--log", str(log), "--long", "10")  # fmt: skip
+                               "--", "--log", str(log), "--long", "6")  # fmt: skip
     _wait(lambda: "c" in dict(_starts(log)), proc)
     _kill_9(proc)
     return dict(_starts(log))
@@ -137,7 +137,7 @@ def test_a_resume_says_why_an_execution_is_not_reused(tmp_path: Path):
     rundir, log, data = tmp_path / "run", tmp_path / "starts.log", tmp_path / "data.txt"
     data.write_text("one\n")
     proc = qflow_interruptible("run", str(CRASH), "--quiet", "--outdir", str(rundir), "--",
-                               "--log", str(log), "--long", "10", "--data", str(data))  # fmt: skip
+                               "--log", str(log), "--long", "6", "--data", str(data))  # fmt: skip
     _wait(lambda: "c" in dict(_starts(log)), proc)
     _kill_9(proc)
     data.write_text("two\n")  # a's input is not what it was
