@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from slurm_cluster import start_cluster, stop_cluster
 
-    from qflow.timeline import plot_timeline
+    from qflow.reporting.timeline import plot_timeline
 
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

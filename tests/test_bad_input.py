@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 
 from conftest import DATA, REPO, qflow_cli
 from qflow import cli
+from qflow.cli.run import looks_like_deployment
 from qflow.deployment import DeploymentError, parse_deployment
 
 LOCAL = YAML(typ="safe").load((REPO / "deployments" / "local.yml").read_text())
@@ -196,13 +197,13 @@ def test_looks_like_deployment(
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
-    assert cli.looks_like_deployment(str(path)) is deployment
+    assert looks_like_deployment(str(path)) is deployment
 
 
 def test_a_deployment_that_is_a_directory_is_named_with_the_file_to_give(tmp_path: Path):
     directory = tmp_path / "site"
     directory.mkdir()
-    assert cli.looks_like_deployment(str(directory))  # a directory is no job order
+    assert looks_like_deployment(str(directory))  # a directory is no job order
     out = tmp_path / "out"
     for command in ("run", "--outdir", str(out)), ("validate",):
         proc = qflow_cli(command[0], SLEEP, str(directory), *command[1:])

@@ -102,7 +102,7 @@ def test_connectors_lists_builtins_with_their_keys():
 
 
 def test_timeline_stacks_workflows_on_one_time_axis():
-    from qflow.timeline import timeline
+    from qflow.reporting.timeline import timeline
 
     def report(started: float, steps: list[dict], allocations: list[dict]) -> dict:
         return {"started": started, "workflow": "w.cwl", "steps": steps,

@@ -522,10 +522,11 @@ def test_reference_markdown_covers_location_config():
 
 
 def test_docs_reference_is_up_to_date():
-    from qflow.reference import BEGIN, END, generated_reference
+    from qflow.deployment.reference import BEGIN, END, generated_reference
 
     doc = DOCS.read_text()
     block = doc.split(BEGIN, 1)[1].split(END, 1)[0]
     assert block.strip() == generated_reference().strip(), (
-        "docs/deployment.md is out of date: run python -m qflow.reference docs/deployment.md"
+        "docs/deployment.md is out of date: "
+        "run python -m qflow.deployment.reference docs/deployment.md"
     )

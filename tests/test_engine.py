@@ -223,7 +223,7 @@ def test_connector_error_fails_the_step_not_the_engine(tmp_path: Path, register_
 
 
 def test_a_failing_progress_listener_does_not_break_the_run(tmp_path: Path):
-    from qflow.ledger import Ledger
+    from qflow.reporting.ledger import Ledger
 
     ledger = Ledger()
 

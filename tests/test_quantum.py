@@ -200,7 +200,7 @@ def test_vendor_token_reaches_no_step_log_or_report(tmp_path: Path, vendor_token
 def test_known_secrets_are_redacted_from_logs_and_reports(tmp_path: Path, caplog):
     import logging
 
-    from qflow.ledger import write_report
+    from qflow.reporting.ledger import write_report
     from qflow.secrets import RedactingFilter, register_secret
 
     secret = "s3cr3t-value-for-redaction"

@@ -5,7 +5,7 @@ a free slot is taken on the spot, anything that must wait or talk to a QPU goes 
 and then submits the job built for it; :meth:`Dispatcher.submit` returns at once. On the loop
 each execution is journalled (before its connector can create anything), run by the
 connector of its placement (retried per location), recorded in the
-:class:`~qflow.ledger.Ledger`, and its placement released. Finished executions come back
+:class:`~qflow.reporting.ledger.Ledger`, and its placement released. Finished executions come back
 through a queue that the executor thread drains: output collection and cwltool's callbacks
 run there, so all of cwltool's state is touched by one thread.
 """
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from qflow.connector import Connector, JobOutcome, JobSpec
 from qflow.engine.cleanup import end_leftovers
 from qflow.engine.connectors import ConnectorPool
-from qflow.ledger import Ledger, StepRecord
 from qflow.placement import NoPlacement, Placement, Placer
+from qflow.reporting.ledger import Ledger, StepRecord
 from qflow.rundir.journal import NO_JOURNAL, Journal, Resource
 
 if TYPE_CHECKING:

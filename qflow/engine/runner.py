@@ -32,8 +32,8 @@ from qflow.engine.executor import QflowExecutor
 from qflow.engine.reuse import ReuseStore
 from qflow.engine.schema import install_schemas
 from qflow.engine.tools import make_tool
-from qflow.ledger import Ledger, RunStatus, write_report
 from qflow.placement.history import History, default_history_path
+from qflow.reporting.ledger import Ledger, RunStatus, write_report
 from qflow.rundir.journal import NO_JOURNAL
 from qflow.rundir.state import Invocation, RunState
 from qflow.secrets import RedactingFilter

@@ -17,7 +17,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from qflow.gateway import Gateway, LeaseRefused, LeaseSummary, quantum_connectors, start_gateway
-from qflow.gateway_client import GatewayClient
+from qflow.gateway.client import GatewayClient
 from qflow.placement.model import Lease
 from qflow.quantum import QuantumLocationConfig
 from qflow.rundir.journal import NO_JOURNAL, Journal, Resource

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from qflow.ledger import Ledger, StepRecord
+from qflow.reporting.ledger import Ledger, StepRecord
 
 
 def _label(record: StepRecord) -> str:

@@ -1,4 +1,5 @@
-"""The ``qflow`` command: run, validate, report, connectors.
+"""The ``qflow`` command line: its parser, and the small commands (validate, report,
+connectors); ``run`` and ``clean`` are in :mod:`qflow.cli.run`.
 
 Exit codes: 0 success, 1 workflow failure, 2 bad input found before anything was
 allocated, 130/143 interrupted (SIGINT/SIGTERM).
@@ -8,111 +9,67 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 
 from rich.console import Console
-from ruamel.yaml import YAML, YAMLError
 
 from qflow import __version__
-from qflow.deployment import (
-    TOP_LEVEL_KEYS,
-    DeploymentError,
-    load_deployment,
-)
-from qflow.report_table import REPORT_NAME
-from qflow.secrets import RedactingFilter, redact
-
-EXIT_BAD_INPUT = 2
-
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> int:
-    _err.print(f"qflow: error: {redact(message)}", markup=False)
-    return EXIT_BAD_INPUT
-
-
-def looks_like_deployment(path: str) -> bool:
-    """Tells ``qflow run WF X`` apart: is X a deployment or a job order?
-
-    cwltool takes only a YAML mapping of the workflow's inputs as a job order. A mapping with a
-    deployment's own keys (locations, bindings, policy), or with nothing but deployment keys
-    (``version: 1`` alone), is a deployment; any other mapping is a job order. What cwltool
-    would refuse anyway (a directory, a file that is no YAML mapping) is a deployment when its
-    name says so or, if it does not even parse, a line starts with one of those keys: its
-    error is then reported as a deployment's, with the line and the fix.
-    """
-    file = Path(path)
-    if file.is_dir():
-        return True
-    named = file.suffix in (".yml", ".yaml") and "deploy" in file.name.lower()
-    own_keys = ("locations", "bindings", "policy")  # `version` alone could be an input's name
-    try:
-        raw = file.read_bytes()
-    except OSError:  # missing or unreadable: reported by whoever loads it
-        return named
-    try:
-        data = YAML(typ="safe").load(raw.decode("utf-8"))
-    except (YAMLError, ValueError):  # bad syntax, bytes that are not UTF-8, a bad date
-        text = raw.decode("utf-8", errors="replace")
-        return named or any(re.search(rf"^['\"]?{key}['\"]?\s*:", text, re.M) for key in own_keys)
-    if not isinstance(data, dict):
-        return named
-    keys = set(data)
-    return bool(keys & set(own_keys)) or ("version" in keys and keys <= set(TOP_LEVEL_KEYS))
+from qflow.cli.output import err, fail
+from qflow.deployment import DeploymentError, load_deployment
+from qflow.reporting.table import REPORT_NAME
+from qflow.secrets import RedactingFilter
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qflow.run_command import cmd_run as run
+    from qflow.cli.run import cmd_run as run
 
-    return run(args, looks_like_deployment)
+    return run(args)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from qflow.run_command import cmd_clean as clean
+    from qflow.cli.run import cmd_clean as clean
 
     return clean(args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from qflow.validate import validate_workflow
+    from qflow.cli.validate import validate_workflow
 
     try:
         deployment = load_deployment(args.deployment)
     except DeploymentError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     problems = validate_workflow(args.workflow, deployment)
     if problems:
-        return _fail("\n".join(problems))
-    _err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
+        return fail("\n".join(problems))
+    err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qflow.report_table import ReportError, load_report, print_report
+    from qflow.reporting.table import ReportError, load_report, print_report
 
     plot_dir = Path(args.plot).resolve().parent if args.plot else None
     if plot_dir is not None and not plot_dir.is_dir():
-        return _fail(
+        return fail(
             f"--plot {args.plot}: directory {plot_dir} does not exist. "
             "Fix: create it or give another path"
         )
     try:
         reports = [load_report(path) for path in args.report]
     except ReportError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     for report in reports:
         print_report(report)
     if args.plot:
-        from qflow.timeline import plot_timeline
+        from qflow.reporting.timeline import plot_timeline
 
         try:
             plot_timeline(reports, args.plot)
         except (OSError, ValueError) as exc:  # unwritable path, format matplotlib lacks
-            return _fail(f"--plot {args.plot}: {exc}. Fix: give a writable .png, .svg or .pdf")
-        _err.print(f"timeline written to {args.plot}")
+            return fail(f"--plot {args.plot}: {exc}. Fix: give a writable .png, .svg or .pdf")
+        err.print(f"timeline written to {args.plot}")
     return 0
 
 
@@ -218,7 +175,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.inputs = inputs
     return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,28 +11,25 @@ import argparse
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+import re
 from pathlib import Path
 
-from rich.console import Console
+from ruamel.yaml import YAML, YAMLError
 
-from qflow.deployment import Deployment, DeploymentError, embedded_default, load_deployment
-from qflow.report_table import REPORT_NAME
+from qflow.cli.output import err, fail
+from qflow.deployment import (
+    TOP_LEVEL_KEYS,
+    Deployment,
+    DeploymentError,
+    embedded_default,
+    load_deployment,
+)
+from qflow.reporting.table import REPORT_NAME
 from qflow.rundir.state import Invocation, RunState, RunStateError
-from qflow.secrets import redact
-
-EXIT_BAD_INPUT = 2
-
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class BadArguments(Exception):
     """A command line that cannot run; the message says why and the fix."""
-
-
-def fail(message: str) -> int:
-    _err.print(f"qflow: error: {redact(message)}", markup=False)
-    return EXIT_BAD_INPUT
 
 
 def _deployment(path: str | None) -> Deployment:
@@ -78,9 +75,37 @@ def check_run_directory(state: RunState, resume: bool) -> None:
         )
 
 
-def new_invocation(
-    args: argparse.Namespace, looks_like_deployment: Callable[[str], bool]
-) -> Invocation:
+def looks_like_deployment(path: str) -> bool:
+    """Tells ``qflow run WF X`` apart: is X a deployment or a job order?
+
+    cwltool takes only a YAML mapping of the workflow's inputs as a job order. A mapping with a
+    deployment's own keys (locations, bindings, policy), or with nothing but deployment keys
+    (``version: 1`` alone), is a deployment; any other mapping is a job order. What cwltool
+    would refuse anyway (a directory, a file that is no YAML mapping) is a deployment when its
+    name says so or, if it does not even parse, a line starts with one of those keys: its
+    error is then reported as a deployment's, with the line and the fix.
+    """
+    file = Path(path)
+    if file.is_dir():
+        return True
+    named = file.suffix in (".yml", ".yaml") and "deploy" in file.name.lower()
+    own_keys = ("locations", "bindings", "policy")  # `version` alone could be an input's name
+    try:
+        raw = file.read_bytes()
+    except OSError:  # missing or unreadable: reported by whoever loads it
+        return named
+    try:
+        data = YAML(typ="safe").load(raw.decode("utf-8"))
+    except (YAMLError, ValueError):  # bad syntax, bytes that are not UTF-8, a bad date
+        text = raw.decode("utf-8", errors="replace")
+        return named or any(re.search(rf"^['\"]?{key}['\"]?\s*:", text, re.M) for key in own_keys)
+    if not isinstance(data, dict):
+        return named
+    keys = set(data)
+    return bool(keys & set(own_keys)) or ("version" in keys and keys <= set(TOP_LEVEL_KEYS))
+
+
+def new_invocation(args: argparse.Namespace) -> Invocation:
     """The invocation a ``qflow run WORKFLOW ...`` command line stands for."""
     deployment_path, job = args.deployment, args.job
     if deployment_path and job is None and not looks_like_deployment(deployment_path):
@@ -98,7 +123,7 @@ def new_invocation(
     )
 
 
-def cmd_run(args: argparse.Namespace, looks_like_deployment: Callable[[str], bool]) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             if args.workflow:
@@ -116,7 +141,7 @@ def cmd_run(args: argparse.Namespace, looks_like_deployment: Callable[[str], boo
         else:
             if not args.workflow:
                 raise BadArguments("give a WORKFLOW to run, or --resume RUNDIR")
-            invocation = new_invocation(args, looks_like_deployment)
+            invocation = new_invocation(args)
             deployment = _deployment(invocation.deployment)
             state = RunState(Path(args.outdir).resolve())
             _writable(state.rundir, "--outdir", directory=True)
@@ -137,8 +162,8 @@ def _run(
     resume: bool,
 ) -> int:
     from qflow.engine.runner import RunDirectory, run_cwl
-    from qflow.ledger import Ledger
-    from qflow.progress import Progress
+    from qflow.reporting.ledger import Ledger
+    from qflow.reporting.progress import Progress
 
     ledger = Ledger()
     argv = [
@@ -168,7 +193,7 @@ def _run(
     if result.report is not None and not args.quiet:
         totals = result.report["totals"]
         reused = sum(1 for r in result.report["steps"] if r["status"] == "reused")
-        _err.print(
+        err.print(
             f"qflow: {result.status}: {totals['steps']} step executions ({reused} reused), "
             f"{totals['node_seconds']:.1f} node-s, {totals['qpu_seconds']:.1f} QPU-s, "
             f"{totals['fallbacks']} fallbacks; report: {invocation.report}"
@@ -179,7 +204,7 @@ def _run(
 def cmd_clean(args: argparse.Namespace) -> int:
     """End what a crashed run left alive (jobs, allocations, QPU tasks and leases)."""
     from qflow.engine.dispatcher import Dispatcher
-    from qflow.ledger import Ledger
+    from qflow.reporting.ledger import Ledger
 
     state = RunState(Path(args.rundir).resolve())
     try:
@@ -196,9 +221,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
         dispatcher.close()
         state.finish("cleaned")
     for line in ended:
-        _err.print(f"ended: {line}", markup=False)
+        err.print(f"ended: {line}", markup=False)
     for line in failed:
-        _err.print(f"could not end: {line}", markup=False)
+        err.print(f"could not end: {line}", markup=False)
     if not leftovers:
-        _err.print(f"{state.rundir}: nothing was left alive", markup=False)
+        err.print(f"{state.rundir}: nothing was left alive", markup=False)
     return 1 if failed else 0
