@@ -1,8 +1,9 @@
 """The HyperQueue task of a step: the wrapper it runs and the control directory it obeys.
 
-The task does not run the step's command directly but a small Python wrapper (run with
-``python -I -S``, standard library only) that reads the step from a ``spec.json`` in a per-job
-control directory under ``workdir``, then:
+The task does not run the step's command directly but a small Python wrapper,
+hyperqueue_wrapper.py (standard library only, never imports qflow), copied into a per-job
+control directory under ``workdir`` and run from there with ``python -I -S wrapper.py
+CONTROL_DIR``. It reads the step from the directory's ``spec.json``, then:
 
 1. writes ``pid`` (host and wrapper pid), then checks for a ``cancel`` file (a step cancelled
    while its task was still queued removes its control directory and exits here, without
@@ -44,127 +45,23 @@ KILL_GRACE_S = 2.0
 CAPTURE = "capture"
 """File of the control directory that output without a file of its own goes to."""
 
-# The task wrapper, run by the HyperQueue worker as ``python -I -S -c WRAPPER CONTROL_DIR``.
-# Standard library only, no site-packages: it must start fast and anywhere.
-WRAPPER = r"""
-import json, os, signal, socket, subprocess, sys, time
-d = sys.argv[1]
-def put(name, data):
-    tmp = os.path.join(d, name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, os.path.join(d, name))
-with open(os.path.join(d, "spec.json")) as f:
-    spec = json.load(f)
-host = socket.gethostname()
-stop = []
-def on_signal(signum, frame):
-    stop.append(signum)
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, on_signal)
-put("pid", {"host": host, "pid": os.getpid()})
-cancel_file = os.path.join(d, "cancel")
-if os.path.exists(cancel_file) or stop:
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)  # nobody waits for it any more
-    sys.exit(1)
-env = {k: v for k, v in os.environ.items() if k.startswith("HQ_") and k != "HQ_ACCESS_KEY"}
-env.update(spec["env"])
-files = []
-def out(path):
-    f = open(path or spec["capture"], "wb" if path else "ab")
-    files.append(f)
-    return f
-try:
-    stdin = subprocess.DEVNULL
-    if spec["stdin"]:
-        stdin = open(spec["stdin"], "rb")
-        files.append(stdin)
-    stdout = out(spec["stdout"])
-    stderr = out(spec["stderr"])
-    r, w = os.pipe()
-    child = subprocess.Popen(spec["command"], stdin=stdin, stdout=stdout, stderr=stderr,
-                             env=env, cwd=spec["cwd"], close_fds=True, start_new_session=True)
-except OSError as exc:
-    code = 127 if isinstance(exc, FileNotFoundError) else 126
-    put("exit", {"exit_code": code, "reason": None, "started": None, "ended": time.time(),
-                 "host": host, "error": f"{type(exc).__name__}: {exc}"})
-    sys.exit(code)
-started = time.time()
-for f in files:
-    f.close()
-def killpg(sig):
-    try:
-        os.killpg(child.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-guardian = os.fork()
-if guardian == 0:
-    # Kills the command's group if the wrapper dies without saying goodbye.
-    try:
-        os.close(w)
-        os.setsid()
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(s, signal.SIG_IGN)
-        while True:
-            try:
-                data = os.read(r, 1)
-                break
-            except InterruptedError:
-                continue
-        if not data:
-            killpg(signal.SIGTERM)
-            end = time.monotonic() + spec["grace"]
-            while time.monotonic() < end:
-                try:
-                    os.killpg(child.pid, 0)
-                except OSError:
-                    break
-                time.sleep(0.05)
-            killpg(signal.SIGKILL)
-    finally:
-        os._exit(0)
-os.close(r)
-put("started", {"time": started, "pgid": child.pid, "host": host})
-limit = spec["time_limit"]
-deadline = started + limit if limit else None
-reason = None
-kill_at = None
-while True:
-    try:
-        rc = child.wait(timeout=spec["poll"])
-        break
-    except subprocess.TimeoutExpired:
-        pass
-    if reason is None:
-        if stop:
-            reason = "signal"
-        elif os.path.exists(cancel_file):
-            reason = "cancelled"
-        elif deadline is not None and time.time() >= deadline:
-            reason = "timeout"
-        if reason is not None:
-            killpg(signal.SIGTERM)
-            kill_at = time.monotonic() + spec["grace"]
-    elif time.monotonic() >= kill_at:
-        killpg(signal.SIGKILL)
-ended = time.time()
-if reason is not None:
-    killpg(signal.SIGKILL)
-put("exit", {"exit_code": rc, "reason": reason, "started": started, "ended": ended,
-             "host": host, "error": None, "signal": stop[0] if stop else None})
-os.write(w, b"x")
-os.close(w)
-os.waitpid(guardian, 0)
-sys.exit(rc if 0 <= rc < 256 else (128 - rc if rc < 0 else 1))
-"""
+WRAPPER_FILE = "wrapper.py"
+"""The task wrapper's copy in each control directory (the worker runs that copy)."""
+WRAPPER_SOURCE = Path(__file__).with_name("hyperqueue_wrapper.py").read_bytes()
+"""hyperqueue_wrapper.py: standard library only, it never imports qflow."""
 
 
 def write_spec(
     control: Path, job: JobSpec, env: dict[str, str], time_limit: int | None, poll: float
 ) -> None:
-    """The wrapper's ``spec.json``: the step's command, directory, environment (``env``),
-    redirections and time limit, and how often the wrapper checks for ``cancel``."""
+    """Write the wrapper (:data:`WRAPPER_FILE`) and its ``spec.json`` into ``control``: the
+    step's command, directory, environment (``env``), redirections and time limit, and how
+    often the wrapper checks for ``cancel``.
+
+    The wrapper travels with the job's control files rather than from qflow's installation,
+    so a worker on another host runs it as soon as it sees the control directory.
+    """
+    (control / WRAPPER_FILE).write_bytes(WRAPPER_SOURCE)
     spec = {
         "command": list(job.command),
         "cwd": job.cwd,
@@ -187,7 +84,7 @@ def build_job(job: JobSpec, control: Path, cpus: int, python: str) -> Any:
 
     hq_job = Job(name=job.name, max_fails=1)
     hq_job.program(
-        [python, "-I", "-S", "-c", WRAPPER, str(control)],
+        [python, "-I", "-S", str(control / WRAPPER_FILE), str(control)],
         cwd=str(control),
         env={},
         stdout=None,

@@ -6,11 +6,14 @@ connector connects to it with ``Client(server_dir)`` as it would to any running 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -24,6 +27,7 @@ from hq_slurm_crash_run import crash_once_started
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
 from qflow.connectors import hyperqueue as hq_module
+from qflow.connectors import hyperqueue_task
 from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
 from qflow.rundir.journal import read_journal
 
@@ -591,3 +595,91 @@ def test_a_step_ending_never_reaps_a_job_another_step_still_waits_for(
     ids = [int(o.external_id or 0) for o in (a, b)]
     assert hq_server.job_status(ids) == {}  # both forgotten once read
     assert list((tmp_path / "hq-control").iterdir()) == []
+
+
+# -- the task wrapper: a stdlib-only script shipped with each job ----------------------------
+
+WRAPPER = Path(hyperqueue_task.__file__).with_name("hyperqueue_wrapper.py")
+
+
+def test_the_task_runs_the_wrapper_copied_into_its_control_directory(
+    hq_server: HqServer, tmp_path: Path
+) -> None:
+    """The worker runs ``python -I -S CONTROL/wrapper.py CONTROL``, a copy of
+    hyperqueue_wrapper.py that travels with the job's control files (so a remote worker
+    needs nothing of qflow's installation)."""
+    script = "set -- $(tr '\\0' ' ' < /proc/$PPID/cmdline); echo \"$@\"; cp \"$4\" copy.py"
+    job = make_spec(tmp_path, ["sh", "-c", script])
+
+    async def body(connector: HyperQueueConnector) -> JobOutcome:
+        return (await run_job(connector, job))[0]
+
+    outcome = with_connector(hq_server, tmp_path, body)
+    assert outcome.exit_code == 0, outcome
+    python, *args = (tmp_path / "out.txt").read_text().split()
+    control = Path(args[-1])
+    assert Path(python).name.startswith("python")
+    assert args == ["-I", "-S", str(control / "wrapper.py"), str(control)]
+    assert control.parent == tmp_path / "hq-control"
+    assert (tmp_path / "copy.py").read_bytes() == WRAPPER.read_bytes()
+
+
+def test_the_wrapper_imports_the_standard_library_only() -> None:
+    tree = ast.parse(WRAPPER.read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    top = {name.split(".")[0] for name in imported}
+    assert top <= set(sys.stdlib_module_names) | {"__future__"}, top
+
+
+def wrapper_control(tmp_path: Path, command: list[str], **spec: Any) -> Path:
+    """A control directory as write_spec makes it, for the wrapper run without HyperQueue."""
+    control = tmp_path / "control"
+    control.mkdir()
+    job = make_spec(tmp_path, command, stdout=None, stderr=None)
+    hyperqueue_task.write_spec(control, job, job.env, spec.get("time_limit"), 0.02)
+    return control
+
+
+def run_wrapper(control: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(control / hyperqueue_task.WRAPPER_FILE), str(control)],
+        capture_output=True, text=True, timeout=30, env={},
+    )  # fmt: skip
+
+
+def test_the_wrapper_runs_as_a_script_on_its_control_directory(tmp_path: Path) -> None:
+    control = wrapper_control(tmp_path, ["sh", "-c", "echo out; echo err >&2; exit 7"])
+    proc = run_wrapper(control)
+    assert proc.returncode == 7 and proc.stderr == "", proc.stderr
+    assert (control / "capture").read_text() == "out\nerr\n"
+    record = json.loads((control / "exit").read_text())
+    started = json.loads((control / "started").read_text())
+    assert record["exit_code"] == 7 and record["reason"] is None and record["error"] is None
+    assert record["started"] == started["time"] <= record["ended"]
+    assert json.loads((control / "pid").read_text())["host"] == record["host"]
+
+
+def test_the_wrapper_enforces_the_time_limit(tmp_path: Path) -> None:
+    control = wrapper_control(tmp_path, ["sleep", "30"], time_limit=1)
+    begin = time.monotonic()
+    proc = run_wrapper(control)
+    assert time.monotonic() - begin < 10
+    assert proc.returncode == 128 + signal.SIGTERM
+    record = json.loads((control / "exit").read_text())
+    assert record["reason"] == "timeout" and record["exit_code"] == -signal.SIGTERM
+
+
+def test_the_wrapper_reports_a_command_it_cannot_start(tmp_path: Path) -> None:
+    control = wrapper_control(tmp_path, ["/no/such/command"])
+    assert run_wrapper(control).returncode == 127
+    record = json.loads((control / "exit").read_text())
+    assert record["started"] is None and "FileNotFoundError" in record["error"]
+
+
+def test_the_wrapper_of_a_task_cancelled_while_queued_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    control = wrapper_control(tmp_path, ["touch", str(marker)])
+    (control / "cancel").touch()
+    assert run_wrapper(control).returncode == 1
+    assert not control.exists() and not marker.exists()
