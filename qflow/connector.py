@@ -1,4 +1,4 @@
-"""The execution-connector contract and the connector registry.
+"""The execution-connector contract.
 
 A connector decides *where a step's command runs* (this host, a Slurm job, a HyperQueue task).
 The engine hands it a fully prepared :class:`JobSpec` (command line, environment, working
@@ -6,8 +6,9 @@ directory and redirections exactly as cwltool would run them) and awaits :meth:`
 Cancelling that coroutine (``asyncio.CancelledError``) must release everything the job holds:
 kill the process group, ``scancel`` the job, cancel the task. Connectors never see CWL.
 
-Third-party packages register connectors through the ``qflow.connectors`` entry-point group;
-the built-ins are registered the same way in qflow's own ``pyproject.toml``.
+Third-party packages register connectors through the ``qflow.connectors`` entry-point group
+(:mod:`qflow.registry`); the built-ins are registered the same way in qflow's own
+``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from functools import cache
-from importlib.metadata import entry_points
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from qflow.rundir.journal import NO_JOURNAL, Journal, Resource
-
-ENTRY_POINT_GROUP = "qflow.connectors"
 
 
 def _check_variable_names(value: dict[str, str]) -> dict[str, str]:
@@ -214,37 +211,19 @@ class Connector(abc.ABC):
         """
 
 
-class UnknownConnectorError(LookupError):
-    """Raised for a connector name that no installed package registers."""
+_MOVED_TO_REGISTRY = frozenset(
+    {"ENTRY_POINT_GROUP", "UnknownConnectorError", "connector_class", "registry"}
+)
 
 
-@cache
-def registry() -> dict[str, type[Connector]]:
-    """All connectors registered under the ``qflow.connectors`` entry-point group."""
-    found: dict[str, type[Connector]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep
-    return found  # type: ignore[return-value]
+def __getattr__(name: str) -> Any:
+    """The registry's names, once defined here: import them from :mod:`qflow.registry`.
 
+    Kept for code written against the old place (loaded on first use: the registry imports
+    this module, not the other way round).
+    """
+    if name in _MOVED_TO_REGISTRY:
+        import qflow.registry
 
-def connector_class(name: str) -> type[Any]:
-    """Load the connector class (execution or quantum) registered as ``name``."""
-    from qflow.quantum import QuantumConnector
-
-    eps = registry()
-    if name not in eps:
-        known = ", ".join(sorted(eps)) or "none"
-        raise UnknownConnectorError(
-            f"unknown connector {name!r} (installed: {known}); install the package that "
-            f"provides it or fix the name"
-        )
-    loaded: Any = eps[name]
-    if not isinstance(loaded, type):
-        loaded = loaded.load()
-        eps[name] = loaded  # type: ignore[assignment]
-    if not (isinstance(loaded, type) and issubclass(loaded, (Connector, QuantumConnector))):
-        raise UnknownConnectorError(
-            f"entry point {name!r} in group {ENTRY_POINT_GROUP} does not name a subclass of "
-            f"qflow.connector.Connector or qflow.quantum.QuantumConnector"
-        )
-    return loaded
+        return getattr(qflow.registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qflow.connector import JobSpec, Resources, connector_class
+from qflow.connector import JobSpec, Resources
+from qflow.registry import connector_class
 from qflow.rundir.journal import Journal
 
 

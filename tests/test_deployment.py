@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from qflow.connector import Connector, LocationConfig, registry
+from qflow.connector import Connector, LocationConfig
 from qflow.deployment import (
     EMBEDDED_DEFAULT,
     Deployment,
@@ -20,6 +20,7 @@ from qflow.deployment import (
     parse_deployment,
     reference_markdown,
 )
+from qflow.registry import registry
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "deployment.md"

@@ -16,7 +16,6 @@ import pytest
 from pydantic import ValidationError
 from qpu_helpers import aio, wait
 
-from qflow.connector import connector_class
 from qflow.connectors.ibm import (
     IbmConfig,
     IbmConnector,
@@ -28,6 +27,7 @@ from qflow.connectors.ibm import (
     plan_qaoa,
 )
 from qflow.deployment import DeploymentError, parse_deployment
+from qflow.registry import connector_class
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -18,7 +18,6 @@ import pytest
 from pydantic import ValidationError
 from qpu_helpers import aio, wait
 
-from qflow.connector import connector_class
 from qflow.connectors.ibm import MissingExtra, TaskRefused, missing_modules, parse_qubo
 from qflow.connectors.pasqal import (
     EmbeddingError,
@@ -27,6 +26,7 @@ from qflow.connectors.pasqal import (
     embed,
 )
 from qflow.deployment import DeploymentError, load_deployment, parse_deployment
+from qflow.registry import connector_class
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -19,10 +19,10 @@ from fake_ibm_service import FakeIbmService
 from pydantic import ValidationError
 from qpu_helpers import aio, wait
 
-from qflow.connector import connector_class
 from qflow.connectors.ibm import ResultNotReady, TaskRefused, missing_modules
 from qflow.connectors.qrmi import QrmiConfig, QrmiConnector, QrmiTaskError
 from qflow.deployment import DeploymentError, load_deployment, parse_deployment
+from qflow.registry import connector_class
 
 pytestmark = [
     pytest.mark.timeout(120),

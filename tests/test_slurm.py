@@ -24,9 +24,10 @@ from hq_slurm_crash_run import crash_once_started
 from pydantic import ValidationError
 from slurm_cluster import ClusterUnavailable, SshServer, start_sshd
 
-from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
+from qflow.connector import JobOutcome, JobSpec, Resources
 from qflow.connectors.slurm import SlurmConnector, SlurmError
 from qflow.connectors.slurm_script import job_name
+from qflow.registry import connector_class
 from qflow.rundir.journal import Resource, read_journal
 
 pytestmark = pytest.mark.slurm

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, REPO, deployment_from, run_in_process
-from qflow.connector import registry
+from qflow.registry import registry
 
 EXAMPLE = REPO / "docs" / "examples" / "qflow-exact-qpu"
 QUBO = DATA / "mis5.qubo.json"

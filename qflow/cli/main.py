@@ -74,7 +74,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
-    from qflow.connector import connector_class, registry
+    from qflow.registry import connector_class, registry
 
     out = Console(soft_wrap=True)
     for name in sorted(registry()):

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml.comments import CommentedMap
 
-from qflow.connector import LocationConfig, UnknownConnectorError, connector_class, registry
+from qflow.connector import LocationConfig
 from qflow.deployment.bindings_parser import parse_bindings
 from qflow.deployment.messages import pydantic_problem
 from qflow.deployment.model import (
@@ -24,6 +24,7 @@ from qflow.deployment.model import (
 from qflow.deployment.problems import ProblemCollector
 from qflow.deployment.suggestions import guess
 from qflow.deployment.yaml_nodes import brief, join_path, key_line, node_line, plain
+from qflow.registry import UnknownConnectorError, connector_class, registry
 
 _LOCATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

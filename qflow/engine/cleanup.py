@@ -6,10 +6,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from qflow.connector import connector_class
 from qflow.placement import HOST
 from qflow.placement.qpus import withdraw_orphan_lease
 from qflow.quantum import QuantumConnector
+from qflow.registry import connector_class
 
 if TYPE_CHECKING:
     from qflow.deployment import Deployment
@@ -44,7 +44,10 @@ async def end_leftovers(
     async def _quantum(location: str) -> QuantumConnector:
         if location not in quantum:
             config = deployment.locations[location]
-            connector = connector_class(config.connector)(location, config)
+            cls = connector_class(config.connector)
+            if not issubclass(cls, QuantumConnector):
+                raise TypeError(f"location {location} is not a QPU any more; end it by hand")
+            connector = cls(location, config)
             await connector.start()
             quantum[location] = connector
         return quantum[location]

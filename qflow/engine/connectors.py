@@ -7,9 +7,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qflow.connector import AllocationRecord, Connector, LocationConfig, connector_class
+from qflow.connector import AllocationRecord, Connector, LocationConfig
 from qflow.connectors.local import LocalConnector
 from qflow.placement import HOST
+from qflow.registry import connector_class
 from qflow.rundir.journal import NO_JOURNAL, Journal
 
 if TYPE_CHECKING:
@@ -51,7 +52,10 @@ class ConnectorPool:
         if location == HOST:
             return LocalConnector(HOST, LocationConfig(connector="local"))
         config = self.deployment.locations[location]
-        return connector_class(config.connector)(location, config)  # type: ignore[no-any-return]
+        cls = connector_class(config.connector)
+        if not issubclass(cls, Connector):
+            raise TypeError(f"location {location} is a QPU: its connector runs no command")
+        return cls(location, config)
 
     def started(self) -> list[Connector]:
         return list(self._connectors.values())

@@ -11,6 +11,7 @@ from typing import Any
 from qflow.gateway.core import Gateway
 from qflow.gateway.http import start_gateway
 from qflow.quantum import QuantumConnector
+from qflow.registry import connector_class
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def quantum_connectors(deployment: Any) -> dict[str, QuantumConnector]:
     """Instances of the quantum connectors of a deployment's locations, by location name."""
-    from qflow.connector import connector_class
-
     found: dict[str, QuantumConnector] = {}
     for name, config in deployment.locations.items():
         cls = connector_class(config.connector)
