@@ -21,7 +21,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from qflow.connectors.rest import RestQpuConnector
+from qflow.testing.qpu_services import serve
 
 HERE = Path(__file__).resolve().parent
 TOKEN_ENV = "QFLOW_BENCH_QPU_TOKEN"
@@ -50,18 +50,6 @@ def random_qubo(n: int, seed: int) -> dict[str, Any]:
         "num_sweeps": 100,
         "seed": seed,
     }
-
-
-def start_emulator(token: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "QFLOW_EMULATOR_TOKEN": token}
-    cmd = [sys.executable, "-m", "qflow.emulator", "--port", "0", "--time-scale", "0"]
-    out, err = subprocess.PIPE, subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-    line = proc.stdout.readline().strip()  # type: ignore[union-attr]
-    if not line.startswith("qflow emulator listening on "):
-        proc.kill()
-        raise SystemExit(f"the emulator did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[1]
 
 
 async def client(
@@ -129,12 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     token = secrets.token_urlsafe(24)
     os.environ[TOKEN_ENV] = token
-    proc, url = start_emulator(token)
-    try:
+    emulator = ["qflow.emulator", "--port", "0", "--time-scale", "0"]
+    # stderr discarded: the emulator logs every task there, more than a pipe holds
+    with serve(emulator, {"QFLOW_EMULATOR_TOKEN": token}, "qflow emulator listening on",
+               stderr=subprocess.DEVNULL, grace=10) as url:  # fmt: skip
         result = asyncio.run(measure(url, args.tasks, args.clients, args.variables))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
     rows = [
         ("tasks", f"{result['tasks']}"),
         ("clients", f"{result['clients']}"),

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from qflow.testing.slurm_cluster import start_cluster, stop_cluster
+
 HERE = Path(__file__).resolve().parent
 LOOP = HERE / "cwl" / "loop.cwl"
 SLEEP_LOOP = HERE / "cwl" / "sleep-loop.cwl"
@@ -134,9 +136,6 @@ def sbatch_throughput(env: dict[str, str], jobs: int) -> float:
 
 
 def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, float]]:
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from slurm_cluster import start_cluster, stop_cluster
-
     seconds = 1.0
     with tempfile.TemporaryDirectory(prefix="qflow-bench-slurm-") as workdir:
         cluster = start_cluster(Path(workdir) / "cluster")

@@ -55,6 +55,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from qflow.testing.processes import stop
+from qflow.testing.qpu_services import serve
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
@@ -89,32 +92,13 @@ BATCH_TIMEOUT_S = 1800.0
 
 @contextmanager
 def emulator(backend: str, time_scale: float, token: str, log: Path) -> Any:
-    """A ``qflow emulator`` process (one QPU); yields its URL, stops it by PID."""
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qflow.emulator", "--port", "0", "--backend", backend,
-             "--time-scale", str(time_scale)],
-            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
-            env={**os.environ, "QFLOW_EMULATOR_TOKEN": token},
-        )  # fmt: skip
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if "qflow emulator listening on" not in line:
-            raise SystemExit(f"the {backend} emulator did not start: {line}{log.read_text()}")
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        stop(proc, 20)
-
-
-def stop(proc: subprocess.Popen[Any], grace: float) -> None:
-    """SIGTERM (qflow run then cancels what it holds), SIGKILL after ``grace`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """A ``qflow emulator`` process (one QPU, stderr to ``log``); yields its URL, stops it by
+    PID."""
+    argv = ["qflow.emulator", "--port", "0", "--backend", backend, "--time-scale", str(time_scale)]
+    with open(log, "w") as err, serve(argv, {"QFLOW_EMULATOR_TOKEN": token},
+                                      "qflow emulator listening on", stderr=err, grace=20,
+                                      new_session=True) as url:  # fmt: skip
+        yield url
 
 
 def qpu_get(url: str, path: str, token: str) -> dict[str, Any]:

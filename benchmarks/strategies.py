@@ -33,9 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
+
+from qflow.testing.qpu_services import serve
+from qflow.testing.slurm_cluster import start_cluster, stop_cluster
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -54,22 +57,10 @@ QUANTUM = {  # emulated QPU: backend and latency scale (neutral-atom latency is 
 ADMIN_TOKEN_ENV, QPU_TOKEN_ENV = "QFLOW_BENCH_GATEWAY", "QFLOW_BENCH_QPU"
 
 
-@contextmanager
-def service(argv: list[str], banner: str, env: dict[str, str]) -> Any:
-    """A qflow service process; yields the URL it announces, stops it by PID."""
-    proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if banner not in line:
-            raise SystemExit(f"{argv[0]} did not start: {line}")
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def service(argv: list[str], banner: str, env: dict[str, str]) -> AbstractContextManager[str]:
+    """A qflow service process (stderr discarded); yields the URL it announces, stops it by
+    PID."""
+    return serve(argv, env, banner, stderr=subprocess.DEVNULL, grace=20)
 
 
 def deployment(strategy: str, gateway: str) -> str:
@@ -153,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats, iterations, pad = 1, 2, SCALE / 4
         quantum = {k: (b, s / 4 if b == "neutral-atom" else s) for k, (b, s) in quantum.items()}
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from slurm_cluster import start_cluster, stop_cluster
-
-    from qflow.reporting.timeline import plot_timeline
+    from qflow.reporting.timeline import plot_timeline  # matplotlib: only when it runs
 
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field
 
-from qflow.connectors.rest import RestQpuConnector
+from qflow.connectors.rest import Endpoint, RestClient
 from qflow.emulator import BACKENDS, DEFAULT_BACKEND, start_emulator, stop_emulator
 from qflow.quantum import QuantumLocationConfig
 from qflow.rundir.journal import Resource
@@ -36,14 +36,13 @@ class EmulatorConfig(QuantumLocationConfig):
     )
 
 
-class EmulatorConnector(RestQpuConnector):
+class EmulatorConnector(RestClient[EmulatorConfig]):
     """A QPU emulator in this process, reached through the ``rest`` connector's client."""
 
-    Config = EmulatorConfig  # type: ignore[assignment]
+    Config = EmulatorConfig
 
-    def __init__(self, location: str, config: EmulatorConfig) -> None:  # type: ignore[override]
-        super().__init__(location, config)
-        self.emulator_config = config
+    def __init__(self, location: str, config: EmulatorConfig) -> None:
+        super().__init__(location, config, Endpoint(url="", token_reference=""))
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -52,11 +51,9 @@ class EmulatorConnector(RestQpuConnector):
         token = secrets.token_urlsafe(24)
         register_secret(token)
         self._runner, url = await start_emulator(
-            token,
-            backend=self.emulator_config.backend,
-            time_scale=self.emulator_config.time_scale,
+            token, backend=self.config.backend, time_scale=self.config.time_scale
         )
-        self.cfg = RestQpuConnector.Config.model_construct(url=url, token="")
+        self.endpoint = Endpoint(url=url, token_reference="")
         await self._open(token)
 
     async def cancel_orphan(self, resource: Resource) -> None:

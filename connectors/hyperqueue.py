@@ -7,7 +7,7 @@ workers itself.
 Each step's task runs a small wrapper on a control directory of its own under ``workdir``
 (hyperqueue_task.py: the wrapper, its ``spec.json``, ``pid``/``started``/``exit`` files and
 the ``cancel`` file it obeys); the HyperQueue client calls run on a thread of their own
-(hyperqueue_client.py).
+(hyperqueue_client.py); the location's keys are hyperqueue_config.py's.
 
 Completion: the connector polls the control directory every ``poll_interval`` (a ``stat``):
 ``started`` fires ``on_started``, ``exit`` ends the wait, so a finished task is noticed within
@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -46,17 +45,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
-
 from qflow.connector import (
+    STANDALONE,
     Connector,
-    EnvironmentVariables,
+    ConnectorContext,
     JobOutcome,
     JobSpec,
     JobStartedCallback,
-    LocationConfig,
 )
 from qflow.connectors.hyperqueue_client import HqClient, HyperQueueError, hq_message
+from qflow.connectors.hyperqueue_config import HyperQueueConfig
 from qflow.connectors.hyperqueue_task import (
     CAPTURE,
     KILL_GRACE_S,
@@ -69,7 +67,7 @@ from qflow.connectors.hyperqueue_task import (
 )
 from qflow.rundir.journal import Resource
 
-__all__ = ["HyperQueueConnector", "HyperQueueError"]
+__all__ = ["HyperQueueConfig", "HyperQueueConnector", "HyperQueueError"]
 
 _logger = logging.getLogger("qflow.connectors.hyperqueue")
 
@@ -83,74 +81,16 @@ SERVER_LOST_S = 30.0
 """A job whose server has not answered status queries for this long counts as lost."""
 
 
-class HyperQueueConnector(Connector):
+class HyperQueueConnector(Connector[HyperQueueConfig]):
     """Runs each step execution as a one-task HyperQueue job on a running server."""
 
-    class Config(LocationConfig):
-        """Keys of a ``connector: hyperqueue`` location."""
+    Config = HyperQueueConfig
 
-        server_dir: str = Field(
-            description="Server directory of a running HyperQueue server (`hq server start "
-            "--server-dir`, default `~/.hq-server`; a `LocalCluster`'s `server_dir`). qflow "
-            "connects to it as a client; it never starts a server or workers.",
-        )
-        cpus: int = Field(
-            default=1,
-            ge=1,
-            description="CPUs each step's task asks HyperQueue for; a step's "
-            "`ResourceRequirement` cores (rounded up) win when larger. A task asking for more "
-            "CPUs than any worker has stays queued.",
-        )
-        time_limit: int | None = Field(
-            default=None,
-            ge=1,
-            description="Default time limit of a step, in seconds; a step's `ToolTimeLimit` "
-            "wins. The task wrapper ends the command's process group when it is exceeded "
-            "(SIGTERM, SIGKILL 2 s later). Unset: no limit.",
-        )
-        poll_interval: float = Field(
-            default=0.05,
-            gt=0,
-            le=10,
-            description="Seconds between two checks of a job's control files (a `stat` each, "
-            "by qflow and by the task wrapper). A finished task is noticed within about this "
-            "time; cancellation and time limits act within about this time too.",
-        )
-        environment: EnvironmentVariables = Field(
-            default_factory=dict,
-            description="Variables added to every step's environment on this location (e.g. a "
-            "PATH valid on the workers, `OMP_NUM_THREADS`); they override the step's own "
-            "values of the same name.",
-        )
-        workdir: str | None = Field(
-            default=None,
-            description="Directory for the jobs' control files (specification, start and exit "
-            "markers, captured output). qflow and the workers must both see it (a shared "
-            "filesystem when workers run on other hosts). Unset: a fresh directory under this "
-            "host's temporary directory, removed when the run ends (fine when the workers run "
-            "on this host).",
-        )
-        python: str | None = Field(
-            default=None,
-            description="Python interpreter (3.8 or later, standard library only) that runs "
-            "the task wrapper on the workers. Unset: the interpreter running qflow.",
-        )
-
-        @field_validator("server_dir", "workdir", "python")
-        @classmethod
-        def _check_path(cls, value: str | None) -> str | None:
-            if value is not None and not value.strip():
-                raise ValueError("must not be empty")
-            return os.path.expanduser(value) if value is not None else None
-
-    def __init__(self, location: str, config: LocationConfig) -> None:
-        super().__init__(location, config)
-        self.cfg: HyperQueueConnector.Config = (
-            config
-            if isinstance(config, HyperQueueConnector.Config)
-            else HyperQueueConnector.Config.model_validate(config.model_dump())
-        )
-        self._hq = HqClient(location, self.cfg.server_dir)
+    def __init__(
+        self, location: str, config: HyperQueueConfig, context: ConnectorContext = STANDALONE
+    ) -> None:
+        super().__init__(location, config, context)
+        self._hq = HqClient(location, config.server_dir)
         self._workdir: Path | None = None
         self._own_workdir = False
         self._leftovers: dict[int, Path] = {}
@@ -209,8 +149,8 @@ class HyperQueueConnector(Connector):
 
     def _prepare_workdir(self) -> Path:
         if self._workdir is None:
-            if self.cfg.workdir:
-                self._workdir = Path(self.cfg.workdir)
+            if self.config.workdir:
+                self._workdir = Path(self.config.workdir)
                 self._workdir.mkdir(parents=True, exist_ok=True)
             else:
                 self._workdir = Path(tempfile.mkdtemp(prefix=f"qflow-hq-{self.location}-"))
@@ -242,7 +182,7 @@ class HyperQueueConnector(Connector):
 
     # -- one step execution ---------------------------------------------------------------
     def _time_limit(self, job: JobSpec) -> int | None:
-        return job.resources.time_limit_s or self.cfg.time_limit
+        return job.resources.time_limit_s or self.config.time_limit
 
     async def run(self, job: JobSpec, on_started: JobStartedCallback) -> JobOutcome:
         workdir = self._prepare_workdir()
@@ -254,10 +194,10 @@ class HyperQueueConnector(Connector):
             iteration=job.iteration,
         )  # fmt: skip
         control.mkdir(parents=True)
-        env = {**job.env, **self.cfg.environment}
-        write_spec(control, job, env, self._time_limit(job), self.cfg.poll_interval)
-        cpus = max(self.cfg.cpus, math.ceil(job.resources.cores or 0))
-        hq_job = build_job(job, control, cpus, self.cfg.python or sys.executable)
+        env = {**job.env, **self.config.environment}
+        write_spec(control, job, env, self._time_limit(job), self.config.poll_interval)
+        cpus = max(self.config.cpus, math.ceil(job.resources.cores or 0))
+        hq_job = build_job(job, control, cpus, self.config.python or sys.executable)
         submit = asyncio.ensure_future(self._hq.submit(hq_job))
         try:
             job_id = await asyncio.shield(submit)
@@ -352,7 +292,7 @@ class HyperQueueConnector(Connector):
                     info = status.get(job_id)
                     if info is None or info.get("completed"):
                         gone_since = time.monotonic()
-            await asyncio.sleep(self.cfg.poll_interval)
+            await asyncio.sleep(self.config.poll_interval)
 
     async def _lost(self, job_id: int, control: Path, reason: str | None = None) -> dict[str, Any]:
         """The task ended in HyperQueue without the wrapper writing its exit status (``reason``
@@ -424,7 +364,7 @@ class HyperQueueConnector(Connector):
                     info = (await self._hq.status([job_id])).get(job_id)
                     if info is None or info.get("completed"):
                         return True
-            await asyncio.sleep(self.cfg.poll_interval)
+            await asyncio.sleep(self.config.poll_interval)
         return False
 
 

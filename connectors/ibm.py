@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -132,17 +132,16 @@ class IbmConfig(QuantumLocationConfig):
 DEFAULT_LOCAL_BACKEND = "fake_nairobi"
 
 
-class IbmConnector(BookedTasks, QuantumConnector):
+class IbmConnector(BookedTasks, QuantumConnector[IbmConfig]):
     """IBM Quantum through qiskit-ibm-runtime: local fake backends or the real service."""
 
     Config = IbmConfig
     quantum: ClassVar[bool] = True
     task_kinds: ClassVar[tuple[str, ...]] = ("qubo", "sampler")
 
-    def __init__(self, location: str, config: QuantumLocationConfig) -> None:
+    def __init__(self, location: str, config: IbmConfig) -> None:
         super().__init__(location, config)
-        self.cfg = cast(IbmConfig, config)
-        self.backend_name = self.cfg.backend or DEFAULT_LOCAL_BACKEND
+        self.backend_name = self.config.backend or DEFAULT_LOCAL_BACKEND
         self._backend: Any = None
         self._token = ""
         self.book = TaskBook(f"ibm-{location}", self._scrub)
@@ -155,8 +154,8 @@ class IbmConnector(BookedTasks, QuantumConnector):
     async def start(self) -> None:
         if self._backend is None:
             check_extra("ibm", IBM_EXTRA, IBM_MODULES)
-            if self.cfg.mode == "cloud" and self.cfg.token:
-                self._token = resolve_secret(self.cfg.token)
+            if self.config.mode == "cloud" and self.config.token:
+                self._token = resolve_secret(self.config.token)
             try:
                 self._backend = await in_worker(self._open_backend)
             except MissingExtra:
@@ -165,19 +164,19 @@ class IbmConnector(BookedTasks, QuantumConnector):
                 raise RuntimeError(
                     self._scrub(
                         f"QPU {self.location}: cannot open IBM backend {self.backend_name} "
-                        f"({self.cfg.mode} mode): {type(exc).__name__}: {exc}"
+                        f"({self.config.mode} mode): {type(exc).__name__}: {exc}"
                     )
                 ) from None
 
     def _open_backend(self) -> Any:
-        if self.cfg.mode == "local":
+        if self.config.mode == "local":
             module = import_extra("qiskit_ibm_runtime.fake_provider.local_service", "ibm", "ibm")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # fake backends warn about their own values
                 return module.QiskitRuntimeLocalService().backend(self.backend_name)
         runtime = import_extra("qiskit_ibm_runtime", "ibm", "ibm")
         service = runtime.QiskitRuntimeService(
-            channel=self.cfg.channel, token=self._token, instance=self.cfg.instance
+            channel=self.config.channel, token=self._token, instance=self.config.instance
         )
         return service.backend(self.backend_name)
 
@@ -199,7 +198,7 @@ class IbmConnector(BookedTasks, QuantumConnector):
         transpiled = transpile(
             circuits,
             backend=backend,
-            optimization_level=self.cfg.optimization_level,
+            optimization_level=self.config.optimization_level,
             seed_transpiler=seed,
         )
         task.note(f"transpiled for {self.backend_name}: depth {[c.depth() for c in transpiled]}")
@@ -207,15 +206,15 @@ class IbmConnector(BookedTasks, QuantumConnector):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # SamplerV2 in 0.50+
             sampler = SamplerV2(mode=backend)
-            if self.cfg.mode == "local" and seed is not None:
+            if self.config.mode == "local" and seed is not None:
                 sampler.options.simulator.seed_simulator = seed
             began = time.perf_counter()
             job = sampler.run(transpiled, shots=shots)
-        task.on_cancel = job.cancel if self.cfg.mode == "cloud" else None
+        task.on_cancel = job.cancel if self.config.mode == "cloud" else None
         task.note(f"job {job.job_id()} submitted ({shots} shots)")
         result = job.result()
         task.on_cancel = None
-        if self.cfg.mode == "local":
+        if self.config.mode == "local":
             task.qpu_seconds = time.perf_counter() - began
         else:
             task.qpu_seconds = _usage(job)
@@ -224,20 +223,20 @@ class IbmConnector(BookedTasks, QuantumConnector):
 
     def _run_qubo(self, task: BookTask, qubo: Qubo) -> dict[str, Any]:
         began = time.perf_counter()
-        plan = plan_qaoa(qubo, self.cfg.reps)
+        plan = plan_qaoa(qubo, self.config.reps)
         task.note(
             f"QAOA angles in {time.perf_counter() - began:.2f} s: gamma={list(plan.gammas)} "
             f"beta={list(plan.betas)} expected energy {plan.expected_energy}"
         )
         task.checkpoint()
-        shots = self.cfg.shots
+        shots = self.config.shots
         result = self._sample(task, [qaoa_circuit(qubo, plan)], shots, qubo.seed)
         return qubo_result(
             qubo,
             counts_of(result[0]),
             f"ibm:{self.backend_name}/qaoa",
             shots,
-            reps=self.cfg.reps,
+            reps=self.config.reps,
             gammas=list(plan.gammas),
             betas=list(plan.betas),
         )
@@ -258,16 +257,16 @@ class IbmConnector(BookedTasks, QuantumConnector):
         qubits = self._require_started().num_qubits
         if kind == "qubo":
             qubo = parse_qubo(task)
-            limit = min(self.cfg.max_variables, qubits)
+            limit = min(self.config.max_variables, qubits)
             why = (
                 f"{self.backend_name} has {qubits} qubits"
-                if qubits < self.cfg.max_variables
-                else f"max_variables is {self.cfg.max_variables}"
+                if qubits < self.config.max_variables
+                else f"max_variables is {self.config.max_variables}"
             )
             refuse_larger(qubo, limit, self.location, f"{limit}: {why}")
             return kind, lambda t: self._run_qubo(t, qubo)
         if kind == "sampler":
-            circuits, shots = parse_sampler(task, self.cfg.shots)
+            circuits, shots = parse_sampler(task, self.config.shots)
             wide = [c.num_qubits for c in circuits if c.num_qubits > qubits]
             if wide:
                 raise TaskRefused(
@@ -290,7 +289,7 @@ class IbmConnector(BookedTasks, QuantumConnector):
     async def status(self) -> QpuStatus:
         backend = self._require_started()
         running, pending = self.book.counts()
-        if self.cfg.mode == "local":
+        if self.config.mode == "local":
             return QpuStatus(
                 online=True,
                 running=running,
@@ -310,21 +309,21 @@ class IbmConnector(BookedTasks, QuantumConnector):
         coupling = backend.coupling_map
         return {
             "backend": self.backend_name,
-            "mode": self.cfg.mode,
+            "mode": self.config.mode,
             "num_qubits": backend.num_qubits,
             "basis_gates": sorted(backend.operation_names),
             "coupling_map": [list(e) for e in coupling.get_edges()] if coupling else None,
             "kinds": list(self.task_kinds),
-            "max_variables": min(self.cfg.max_variables, backend.num_qubits),
+            "max_variables": min(self.config.max_variables, backend.num_qubits),
         }
 
     def metadata(self) -> dict[str, Any]:
         return {
             **super().metadata(),
-            "mode": self.cfg.mode,
+            "mode": self.config.mode,
             "backend": self.backend_name,
-            "shots": self.cfg.shots,
-            "reps": self.cfg.reps,
+            "shots": self.config.shots,
+            "reps": self.config.reps,
         }
 
 

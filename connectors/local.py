@@ -17,7 +17,7 @@ import sys
 import time
 from typing import IO, Any
 
-from qflow.connector import Connector, JobOutcome, JobSpec, JobStartedCallback
+from qflow.connector import Connector, JobOutcome, JobSpec, JobStartedCallback, LocationConfig
 from qflow.rundir.journal import Resource
 
 KILL_GRACE_S = 2.0
@@ -113,9 +113,10 @@ async def end_process_groups(groups: set[int]) -> None:
         kill_process_group(pgid, signal.SIGKILL)
 
 
-class LocalConnector(Connector):
+class LocalConnector(Connector[LocationConfig]):
     """Runs step commands on the orchestrator host."""
 
+    Config = LocationConfig
     outlives_host = False
 
     async def cancel_orphan(self, resource: Resource) -> None:

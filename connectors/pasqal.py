@@ -27,7 +27,7 @@ to install.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -104,16 +104,15 @@ class PasqalConfig(QuantumLocationConfig):
         return self
 
 
-class PasqalConnector(BookedTasks, QuantumConnector):
+class PasqalConnector(BookedTasks, QuantumConnector[PasqalConfig]):
     """Neutral-atom QPU (Pasqal): pulser emulation in this process, or Pasqal Cloud."""
 
     Config = PasqalConfig
     quantum: ClassVar[bool] = True
     task_kinds: ClassVar[tuple[str, ...]] = ("qubo",)
 
-    def __init__(self, location: str, config: QuantumLocationConfig) -> None:
+    def __init__(self, location: str, config: PasqalConfig) -> None:
         super().__init__(location, config)
-        self.cfg = cast(PasqalConfig, config)
         self.device: Any = None
         self._client: Any = None
         self._password = ""
@@ -126,15 +125,15 @@ class PasqalConnector(BookedTasks, QuantumConnector):
     async def start(self) -> None:
         if self.device is not None:
             return
-        modules = LOCAL_MODULES if self.cfg.mode == "local" else CLOUD_MODULES
+        modules = LOCAL_MODULES if self.config.mode == "local" else CLOUD_MODULES
         check_extra("pasqal", PASQAL_EXTRA, modules)
-        if self.cfg.mode == "local":
+        if self.config.mode == "local":
             devices = import_extra("pulser.devices", "pasqal", PASQAL_EXTRA)
-            self.device = getattr(devices, self.cfg.device)
+            self.device = getattr(devices, self.config.device)
             import_extra("pulser_simulation", "pasqal", PASQAL_EXTRA)
             return
-        assert self.cfg.password is not None
-        self._password = resolve_secret(self.cfg.password)
+        assert self.config.password is not None
+        self._password = resolve_secret(self.config.password)
         try:
             self._client, self.device = await in_worker(self._open_cloud)
         except MissingExtra:
@@ -143,23 +142,25 @@ class PasqalConnector(BookedTasks, QuantumConnector):
             raise RuntimeError(
                 self._scrub(
                     f"QPU {self.location}: cannot open Pasqal Cloud project "
-                    f"{self.cfg.project_id}: {type(exc).__name__}: {exc}"
+                    f"{self.config.project_id}: {type(exc).__name__}: {exc}"
                 )
             ) from None
 
     def _open_cloud(self) -> tuple[Any, Any]:
         client_module = import_extra("pasqal_cloud.pasqal_cloud_client", "pasqal", PASQAL_EXTRA)
         client = client_module.PasqalCloudClient(
-            username=self.cfg.username, password=self._password, project_id=self.cfg.project_id
+            username=self.config.username,
+            password=self._password,
+            project_id=self.config.project_id,
         )
         from pulser.json.abstract_repr.deserializer import deserialize_device
 
         specs = client.get_device_specs_dict()
-        if self.cfg.device not in specs:
+        if self.config.device not in specs:
             raise ValueError(
-                f"device {self.cfg.device!r} is not offered (available: {', '.join(specs)})"
+                f"device {self.config.device!r} is not offered (available: {', '.join(specs)})"
             )
-        return client, deserialize_device(specs[self.cfg.device])
+        return client, deserialize_device(specs[self.config.device])
 
     async def stop(self) -> None:
         await self.book.close()
@@ -172,24 +173,24 @@ class PasqalConnector(BookedTasks, QuantumConnector):
 
     # -- execution (worker thread) -------------------------------------------------------------
     def _run_qubo(self, task: BookTask, qubo: Qubo, embedding: Embedding) -> dict[str, Any]:
-        sequence = build_sequence(embedding, self.device, self.cfg.duration)
+        sequence = build_sequence(embedding, self.device, self.config.duration)
         task.note(
             f"{qubo.num_variables} atoms on {self.device.name}: blockade radius "
             f"{embedding.blockade_radius:.2f} µm, Ω {embedding.omega:.3f} rad/µs, sweep "
-            f"{self.cfg.duration} ns"
+            f"{self.config.duration} ns"
         )
         task.checkpoint()
-        shots = self.cfg.shots
-        if self.cfg.mode == "local":
+        shots = self.config.shots
+        if self.config.mode == "local":
             counts = emulate(task, sequence, shots, qubo.seed)
         else:
             counts = run_in_cloud(
-                self._client, task, sequence, shots, self.cfg.emulator, self.cfg.poll_interval
+                self._client, task, sequence, shots, self.config.emulator, self.config.poll_interval
             )
         # pulser's bitstrings have atom 0 leftmost; best_of_counts wants variable 0 rightmost
         reversed_counts = {key[::-1]: int(c) for key, c in counts.items()}
         solver = f"pasqal:{self.device.name}/adiabatic" + (
-            "" if self.cfg.mode == "local" else f"@{self.cfg.emulator or 'qpu'}"
+            "" if self.config.mode == "local" else f"@{self.config.emulator or 'qpu'}"
         )
         return qubo_result(
             qubo,
@@ -212,7 +213,7 @@ class PasqalConnector(BookedTasks, QuantumConnector):
                 f"QPU {self.location}: task kind {kind!r} is not supported (supported: qubo)"
             )
         qubo = parse_qubo(task)
-        limit = min(self.cfg.max_atoms, device.max_atom_num or self.cfg.max_atoms)
+        limit = min(self.config.max_atoms, device.max_atom_num or self.config.max_atoms)
         refuse_larger(qubo, limit, self.location, f"{limit} atoms")
         check_mis_shape(qubo)
         # the layout search takes up to a few seconds for graphs that cannot be embedded:
@@ -228,7 +229,9 @@ class PasqalConnector(BookedTasks, QuantumConnector):
     async def status(self) -> QpuStatus:
         device = self._require_started()
         running, pending = self.book.counts()
-        where = "emulated locally (QutipEmulator)" if self.cfg.mode == "local" else "Pasqal Cloud"
+        where = (
+            "emulated locally (QutipEmulator)" if self.config.mode == "local" else "Pasqal Cloud"
+        )
         return QpuStatus(
             online=True,
             running=running,
@@ -240,8 +243,8 @@ class PasqalConnector(BookedTasks, QuantumConnector):
         d = self._require_started()
         return {
             "device": d.name,
-            "mode": self.cfg.mode,
-            "max_atoms": min(self.cfg.max_atoms, d.max_atom_num or self.cfg.max_atoms),
+            "mode": self.config.mode,
+            "max_atoms": min(self.config.max_atoms, d.max_atom_num or self.config.max_atoms),
             "min_atom_distance": d.min_atom_distance,
             "max_radial_distance": d.max_radial_distance,
             "channels": sorted(d.channels),
@@ -251,7 +254,7 @@ class PasqalConnector(BookedTasks, QuantumConnector):
     def metadata(self) -> dict[str, Any]:
         return {
             **super().metadata(),
-            "mode": self.cfg.mode,
-            "device": self.cfg.device,
-            "shots": self.cfg.shots,
+            "mode": self.config.mode,
+            "device": self.config.device,
+            "shots": self.config.shots,
         }

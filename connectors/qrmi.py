@@ -45,7 +45,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar
 
 from qflow.connectors.ibm import IBM_MODULES
 from qflow.connectors.qrmi_config import (
@@ -64,10 +64,10 @@ from qflow.connectors.sdk_extras import check_extra, extra_message, missing_modu
 from qflow.connectors.sdk_threads import in_worker
 from qflow.connectors.task_book import fingerprint, reused_key
 from qflow.connectors.task_errors import ResultNotReady, TaskNotFound, TaskRefused
-from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
+from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, TaskInfo, TaskState
 from qflow.secrets import REFERENCE, redact, resolve_secret
 
-STATES = {
+STATES: dict[str, TaskState] = {
     "queued": "queued",
     "running": "running",
     "completed": "completed",
@@ -90,21 +90,20 @@ class QrmiTask:
     fingerprint: str
     started: float
     qubo: Qubo | None = None
-    state: str = "queued"
+    state: TaskState = "queued"
     ended: float | None = None
     result: dict[str, Any] | None = None
 
 
-class QrmiConnector(QuantumConnector):
+class QrmiConnector(QuantumConnector[QrmiConfig]):
     """A QRMI ``QuantumResource`` as a qflow quantum location."""
 
     Config = QrmiConfig
     quantum: ClassVar[bool] = True
     task_kinds: ClassVar[tuple[str, ...]] = ("qubo", "sampler", "primitive", "pulser")
 
-    def __init__(self, location: str, config: QuantumLocationConfig) -> None:
+    def __init__(self, location: str, config: QrmiConfig) -> None:
         super().__init__(location, config)
-        self.cfg = cast(QrmiConfig, config)
         self._resource: Any = None
         self._qrmi: Any = None
         self._backend: Any = None
@@ -118,9 +117,9 @@ class QrmiConnector(QuantumConnector):
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        if self.cfg.type in IBM_TYPES:
+        if self.config.type in IBM_TYPES:
             return ("qubo", "sampler", "primitive")
-        if self.cfg.type in PASQAL_TYPES:
+        if self.config.type in PASQAL_TYPES:
             return ("pulser",)
         return ()
 
@@ -133,7 +132,7 @@ class QrmiConnector(QuantumConnector):
     def _error(self, call: str, exc: BaseException) -> QrmiTaskError:
         return QrmiTaskError(
             self._scrub(
-                f"QPU {self.location} (qrmi {self.cfg.type} {self.cfg.resource}): {call} "
+                f"QPU {self.location} (qrmi {self.config.type} {self.config.resource}): {call} "
                 f"failed: {type(exc).__name__}: {exc}"
             )
         )
@@ -141,14 +140,14 @@ class QrmiConnector(QuantumConnector):
     # -- lifecycle ---------------------------------------------------------------------------
     def _settings(self) -> dict[str, str]:
         settings: dict[str, str] = {}
-        for key, value in self.cfg.environment.items():
-            settings[setting_name(self.cfg.resource, key)] = (
+        for key, value in self.config.environment.items():
+            settings[setting_name(self.config.resource, key)] = (
                 resolve_secret(value) if REFERENCE.match(value) else value
             )
-        for key, reference in self.cfg.secrets.items():
+        for key, reference in self.config.secrets.items():
             value = resolve_secret(reference)
             self._secrets.append(value)
-            settings[setting_name(self.cfg.resource, key)] = value
+            settings[setting_name(self.config.resource, key)] = value
         return settings
 
     async def start(self) -> None:
@@ -159,9 +158,11 @@ class QrmiConnector(QuantumConnector):
 
         self._qrmi = qrmi
         settings = self._settings()
-        kind = getattr(qrmi.ResourceType, RESOURCE_TYPES[self.cfg.type])
+        kind = getattr(qrmi.ResourceType, RESOURCE_TYPES[self.config.type])
         try:
-            self._resource = await in_worker(open_resource, qrmi, self.cfg.resource, kind, settings)
+            self._resource = await in_worker(
+                open_resource, qrmi, self.config.resource, kind, settings
+            )
             self._metadata = dict(await self._call("metadata", self._resource.metadata))
         except QrmiTaskError:
             raise
@@ -207,7 +208,7 @@ class QrmiConnector(QuantumConnector):
             hint = " (use the pasqal connector for QUBOs on Pasqal)" if kind == "qubo" else ""
             raise TaskRefused(
                 f"QPU {self.location}: task kind {kind!r} is not supported on qrmi "
-                f"{self.cfg.type} resources (supported here: {supported}){hint}"
+                f"{self.config.type} resources (supported here: {supported}){hint}"
             )
         if kind in ("qubo", "sampler"):
             missing = missing_modules(IBM_MODULES[:2])
@@ -224,7 +225,13 @@ class QrmiConnector(QuantumConnector):
                 return known.id
             try:
                 payload, qubo = await in_worker(
-                    task_payload, self._qrmi, self.cfg, self.location, self._ibm_backend, task, kind
+                    task_payload,
+                    self._qrmi,
+                    self.config,
+                    self.location,
+                    self._ibm_backend,
+                    task,
+                    kind,
                 )
             except TaskRefused:
                 raise
@@ -252,9 +259,10 @@ class QrmiConnector(QuantumConnector):
             state = item.state
         else:
             raw = await self._call("task_status", self._resource.task_status, task_id)
-            state = STATES.get(str(raw).rsplit(".", 1)[-1].lower())
-            if state is None:
+            reported = STATES.get(str(raw).rsplit(".", 1)[-1].lower())
+            if reported is None:
                 raise QrmiTaskError(f"QPU {self.location}: task {task_id}: unknown status {raw}")
+            state = reported
             if item is not None:
                 item.state = state
                 if state in FINAL_STATES and item.ended is None:
@@ -264,7 +272,7 @@ class QrmiConnector(QuantumConnector):
             message = "the QPU reports the task failed (see its logs)"
         return TaskInfo(
             id=task_id,
-            state=state,  # type: ignore[arg-type]
+            state=state,
             message=message,
             started=item.started if item else None,
             ended=item.ended if item else None,
@@ -280,9 +288,9 @@ class QrmiConnector(QuantumConnector):
         raw = await self._call("task_result", self._resource.task_result, task_id)
         kind = item.kind if item else "primitive"
         qubo = item.qubo if item else None
-        where = f"qrmi:{self.cfg.type}/{self.cfg.resource}"
+        where = f"qrmi:{self.config.type}/{self.config.resource}"
         try:
-            result = await in_worker(decode_result, kind, raw.value, qubo, where, self.cfg.reps)
+            result = await in_worker(decode_result, kind, raw.value, qubo, where, self.config.reps)
         except Exception as exc:
             raise self._error("decoding the result", exc) from None
         if item is not None:
@@ -322,7 +330,7 @@ class QrmiConnector(QuantumConnector):
             capacity=int(slots) if isinstance(slots, int) and slots > 0 else 1,
             running=running,
             pending=int(data.get("pending_job_count") or 0),
-            detail=f"{self.cfg.resource}: {code or 'unknown'}"
+            detail=f"{self.config.resource}: {code or 'unknown'}"
             + (f" ({data['status_reason']})" if data.get("status_reason") else ""),
         )
 
@@ -333,8 +341,8 @@ class QrmiConnector(QuantumConnector):
         except ValueError:
             body = raw.value
         summary: dict[str, Any] = {
-            "resource": self.cfg.resource,
-            "type": self.cfg.type,
+            "resource": self.config.resource,
+            "type": self.config.type,
             "kinds": list(self.kinds),
         }
         conf = body.get("configuration") if isinstance(body, dict) else None
@@ -343,7 +351,7 @@ class QrmiConnector(QuantumConnector):
                 num_qubits=conf.get("n_qubits"),
                 basis_gates=conf.get("basis_gates"),
                 coupling_map=conf.get("coupling_map"),
-                max_variables=min(self.cfg.max_variables, conf.get("n_qubits") or 0),
+                max_variables=min(self.config.max_variables, conf.get("n_qubits") or 0),
             )
         else:
             summary["target"] = body
@@ -352,7 +360,7 @@ class QrmiConnector(QuantumConnector):
     def metadata(self) -> dict[str, Any]:
         return {
             **super().metadata(),
-            "resource": self.cfg.resource,
-            "type": self.cfg.type,
+            "resource": self.config.resource,
+            "type": self.config.type,
             **{f"qrmi_{k}": v for k, v in self._metadata.items()},
         }

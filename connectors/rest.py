@@ -10,15 +10,22 @@ accepted a task does not create a second one. Error messages never contain the t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from pydantic import Field, field_validator
 
-from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
+from qflow.quantum import (
+    QpuStatus,
+    QuantumConfigT,
+    QuantumConnector,
+    QuantumLocationConfig,
+    TaskInfo,
+)
 from qflow.secrets import SecretReference, redact, resolve_secret
 
 _logger = logging.getLogger("qflow.connectors.rest")
@@ -62,72 +69,98 @@ class ResultNotReady(QpuRequestError):
     """HTTP 409: the task has no result (not completed yet, failed or cancelled)."""
 
 
-class RestQpuConnector(QuantumConnector):
-    """A QPU service reached over HTTP(S) with a bearer token."""
+class RestConfig(QuantumLocationConfig):
+    """Keys of a ``connector: rest`` location."""
 
-    class Config(QuantumLocationConfig):
-        url: str = Field(description="Base URL of the QPU service (the API is under its /v1 path).")
-        token: SecretReference = Field(
-            description="Bearer token of the service, as a reference: ${env:NAME} or ${file:PATH}."
-        )
-        backend: str | None = Field(
-            default=None,
-            description="Backend the tasks run on when a task names none; omitted: the "
-            "service's default.",
-        )
-        timeout: float = Field(default=10.0, gt=0, description="HTTP timeout in seconds.")
-        http_retries: int = Field(
-            default=3,
-            ge=0,
-            description="Retries of a call that failed transiently (connection error, "
-            "timeout, HTTP 5xx).",
-        )
-        backoff: float = Field(
-            default=0.5,
-            ge=0,
-            description="Seconds before the first retry; doubled for each further one.",
-        )
-        verify_tls: bool = Field(
-            default=True, description="Verify the service's TLS certificate (https URLs)."
+    url: str = Field(description="Base URL of the QPU service (the API is under its /v1 path).")
+    token: SecretReference = Field(
+        description="Bearer token of the service, as a reference: ${env:NAME} or ${file:PATH}."
+    )
+    backend: str | None = Field(
+        default=None,
+        description="Backend the tasks run on when a task names none; omitted: the "
+        "service's default.",
+    )
+    timeout: float = Field(default=10.0, gt=0, description="HTTP timeout in seconds.")
+    http_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries of a call that failed transiently (connection error, "
+        "timeout, HTTP 5xx).",
+    )
+    backoff: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds before the first retry; doubled for each further one.",
+    )
+    verify_tls: bool = Field(
+        default=True, description="Verify the service's TLS certificate (https URLs)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "url must be an http:// or https:// URL with a host. "
+                "Fix: write e.g. url: https://qpu.example.org"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(
+                "url must not carry credentials, a query or a fragment. "
+                "Fix: put the credential in `token` as ${env:NAME} or ${file:PATH}"
+            )
+        return value.rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where and how the client calls a QPU service (a ``rest`` location's keys, or the URL
+    of the emulator an ``emulator`` location starts)."""
+
+    url: str
+    token_reference: str
+    """Where the token comes from (``${env:NAME}``...), for messages: never the token."""
+    backend: str | None = None
+    timeout: float = 10.0
+    http_retries: int = 3
+    backoff: float = 0.5
+    verify_tls: bool = True
+
+    @classmethod
+    def of(cls, config: RestConfig) -> Endpoint:
+        return cls(
+            url=config.url,
+            token_reference=config.token,
+            backend=config.backend,
+            timeout=config.timeout,
+            http_retries=config.http_retries,
+            backoff=config.backoff,
+            verify_tls=config.verify_tls,
         )
 
-        @field_validator("url")
-        @classmethod
-        def _check_url(cls, value: str) -> str:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(
-                    "url must be an http:// or https:// URL with a host. "
-                    "Fix: write e.g. url: https://qpu.example.org"
-                )
-            if parts.username or parts.password or parts.query or parts.fragment:
-                raise ValueError(
-                    "url must not carry credentials, a query or a fragment. "
-                    "Fix: put the credential in `token` as ${env:NAME} or ${file:PATH}"
-                )
-            return value.rstrip("/")
 
-    quantum: ClassVar[bool] = True
+class RestClient(QuantumConnector[QuantumConfigT]):
+    """The quantum-connector contract over the emulator's REST API, for any location's keys:
+    ``endpoint`` says where the service is."""
+
     task_kinds: ClassVar[tuple[str, ...]] = ("qubo",)
 
-    def __init__(self, location: str, config: QuantumLocationConfig) -> None:
+    def __init__(self, location: str, config: QuantumConfigT, endpoint: Endpoint) -> None:
         super().__init__(location, config)
-        self.cfg = cast(RestQpuConnector.Config, config)
+        self.endpoint = endpoint
         self._session: aiohttp.ClientSession | None = None
         self._token = ""
 
     # -- session -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Resolve the token and open the one HTTP session this connector uses."""
-        if self._session is None:
-            await self._open(resolve_secret(self.cfg.token))
-
     async def _open(self, token: str) -> None:
+        """Open the one HTTP session this connector uses (by :meth:`start`)."""
         self._token = token
         self._session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {self._token}"},
-            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
-            connector=aiohttp.TCPConnector(ssl=self.cfg.verify_tls),
+            timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout),
+            connector=aiohttp.TCPConnector(ssl=self.endpoint.verify_tls),
         )
 
     async def stop(self) -> None:
@@ -150,8 +183,8 @@ class RestQpuConnector(QuantumConnector):
         """One call with retries of transient failures; returns the last status and body."""
         if self._session is None:
             raise self._fail(QpuError, "connector used before start()")
-        url = f"{self.cfg.url}/v1{path}"
-        attempts = self.cfg.http_retries + 1
+        url = f"{self.endpoint.url}/v1{path}"
+        attempts = self.endpoint.http_retries + 1
         for attempt in range(1, attempts + 1):
             try:
                 async with self._session.request(
@@ -162,13 +195,13 @@ class RestQpuConnector(QuantumConnector):
                     return status, data
                 problem = f"HTTP {status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = _describe(exc, self.cfg.timeout)
+                problem = _describe(exc, self.endpoint.timeout)
                 if attempt == attempts:
                     raise self._fail(
                         QpuUnreachable,
                         f"{method} {url} failed after {attempts} attempt(s): {problem}",
                     ) from None
-            delay = self.cfg.backoff * 2 ** (attempt - 1)
+            delay = self.endpoint.backoff * 2 ** (attempt - 1)
             note = f"{method} {url}: {problem}; retry {attempt}/{attempts - 1} in {delay:g} s"
             _logger.info("%s", self._scrub(f"QPU {self.location}: {note}"))  # a retry is routine
             await asyncio.sleep(delay)
@@ -189,18 +222,18 @@ class RestQpuConnector(QuantumConnector):
 
     def _http_error(self, method: str, path: str, status: int, data: bytes) -> QpuError:
         reason, code = _error_text(data)
-        where = f"{method} {self.cfg.url}/v1{path}"
+        where = f"{method} {self.endpoint.url}/v1{path}"
         if status == 503 and code == "offline":
             return self._fail(QpuOffline, f"the QPU is offline ({reason})")
         if status in (401, 403):
             return self._fail(
                 QpuAuthError,
                 f"{where}: HTTP {status}: {reason}. Fix: check the token that "
-                f"{self.cfg.token} holds",
+                f"{self.endpoint.token_reference} holds",
                 status,
             )
         cls = {404: TaskNotFound, 409: ResultNotReady}.get(status, QpuRequestError)
-        retried = f" (after {self.cfg.http_retries + 1} attempts)" if status >= 500 else ""
+        retried = f" (after {self.endpoint.http_retries + 1} attempts)" if status >= 500 else ""
         return self._fail(cls, f"{where}: HTTP {status}{retried}: {reason}", status)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -208,7 +241,9 @@ class RestQpuConnector(QuantumConnector):
         try:
             return json.loads(data)
         except ValueError:
-            what = f"{method} {self.cfg.url}/v1{path}: the answer is not JSON: {_excerpt(data)}"
+            what = (
+                f"{method} {self.endpoint.url}/v1{path}: the answer is not JSON: {_excerpt(data)}"
+            )
             raise self._fail(QpuError, what) from None
 
     async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -217,7 +252,7 @@ class RestQpuConnector(QuantumConnector):
         if not isinstance(data, dict):
             raise self._fail(
                 QpuError,
-                f"{method} {self.cfg.url}/v1{path}: the answer is not a JSON object: "
+                f"{method} {self.endpoint.url}/v1{path}: the answer is not a JSON object: "
                 f"{_excerpt(json.dumps(data).encode())}",
             )
         return data
@@ -231,11 +266,11 @@ class RestQpuConnector(QuantumConnector):
         if not isinstance(online, bool) or not all(_is_count(c) for c in counts):
             raise self._fail(
                 QpuError,
-                f"GET {self.cfg.url}/v1/status: unexpected answer (online must be true/false, "
+                f"GET {self.endpoint.url}/v1/status: unexpected answer (online must be true/false, "
                 f"capacity/running/pending integers): {_excerpt(json.dumps(data).encode())}",
             )
         task_seconds = data.get("task_seconds")
-        backend = (data.get("backends") or {}).get(self.cfg.backend or "")
+        backend = (data.get("backends") or {}).get(self.endpoint.backend or "")
         if isinstance(backend, dict) and "scaled_latency_s" in backend:  # the emulator's
             task_seconds = backend["scaled_latency_s"]  # the backend this location asks for
         return QpuStatus(
@@ -249,8 +284,8 @@ class RestQpuConnector(QuantumConnector):
 
     async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
         body = dict(task)
-        if self.cfg.backend and not body.get("backend"):
-            body["backend"] = self.cfg.backend
+        if self.endpoint.backend and not body.get("backend"):
+            body["backend"] = self.endpoint.backend
         data = await self._object(
             "POST",
             "/tasks",
@@ -296,13 +331,27 @@ class RestQpuConnector(QuantumConnector):
     async def target(self) -> dict[str, Any]:
         data = await self._object("GET", "/status")
         return {
-            "backend": self.cfg.backend or data.get("default_backend"),
+            "backend": self.endpoint.backend or data.get("default_backend"),
             "backends": data.get("backends", {}),
             "kinds": data.get("kinds", list(self.task_kinds)),
         }
 
     def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "url": self.cfg.url, "backend": self.cfg.backend}
+        return {**super().metadata(), "url": self.endpoint.url, "backend": self.endpoint.backend}
+
+
+class RestQpuConnector(RestClient[RestConfig]):
+    """A QPU service reached over HTTP(S) with a bearer token."""
+
+    Config = RestConfig
+
+    def __init__(self, location: str, config: RestConfig) -> None:
+        super().__init__(location, config, Endpoint.of(config))
+
+    async def start(self) -> None:
+        """Resolve the token and open the one HTTP session this connector uses."""
+        if self._session is None:
+            await self._open(resolve_secret(self.config.token))
 
 
 def _quote(task_id: str) -> str:

@@ -24,7 +24,7 @@ class SharedQpuConfig(QuantumLocationConfig):
     )
 
 
-class SharedQpu(QuantumConnector):
+class SharedQpu(QuantumConnector[SharedQpuConfig]):
     """Marker connector: every call for this location is made by the gateway."""
 
     Config = SharedQpuConfig

@@ -41,7 +41,14 @@ import logging
 import shlex
 import time
 
-from qflow.connector import Connector, JobOutcome, JobSpec, JobStartedCallback, LocationConfig
+from qflow.connector import (
+    STANDALONE,
+    Connector,
+    ConnectorContext,
+    JobOutcome,
+    JobSpec,
+    JobStartedCallback,
+)
 from qflow.connectors.slurm_allocation import SlurmAllocations
 from qflow.connectors.slurm_config import SlurmConfig
 from qflow.connectors.slurm_jobs import (
@@ -69,22 +76,19 @@ VANISHED_POLLS = 2
 """Consecutive polls a job must be missing from ``squeue`` before it counts as gone."""
 
 
-class SlurmConnector(Connector):
+class SlurmConnector(Connector[SlurmConfig]):
     """Runs each step execution as its own Slurm job (``sbatch``, or ``salloc`` + ``srun``)."""
 
     Config = SlurmConfig
 
-    def __init__(self, location: str, config: LocationConfig) -> None:
-        super().__init__(location, config)
-        self.cfg: SlurmConfig = (
-            config
-            if isinstance(config, SlurmConfig)
-            else SlurmConfig.model_validate(config.model_dump())
-        )
+    def __init__(
+        self, location: str, config: SlurmConfig, context: ConnectorContext = STANDALONE
+    ) -> None:
+        super().__init__(location, config, context)
         self.transport: Transport = (
-            SshTransport(self.cfg, location) if self.cfg.login else LocalTransport(self.cfg)
+            SshTransport(config, location) if config.login else LocalTransport(config)
         )
-        self.jobs = SlurmJobs(self.transport, location, self.cfg.poll_interval)
+        self.jobs = SlurmJobs(self.transport, location, config.poll_interval)
         self.workdir: str | None = None
         """The location's work directory (exit-status files, logs), once prepared."""
         self.salloc_names: set[str] = set()
@@ -102,7 +106,7 @@ class SlurmConnector(Connector):
     @property
     def strategy(self) -> str:
         """per-step, held, malleable or auto: the location's own, else the deployment's."""
-        return self.cfg.allocation or self.allocation_policy
+        return self.config.allocation or self.context.allocation_policy
 
     async def quantum_phase(self, started: bool) -> None:
         for allocations in list(self._allocations.values()):
@@ -187,7 +191,7 @@ class SlurmConnector(Connector):
                 return
             await self.transport.open()
             self.workdir, self._own_workdir = await self.transport.make_workdir(
-                self.cfg.workdir, self.location
+                self.config.workdir, self.location
             )
             self._srun = await self.transport.which("srun") or "srun"
 
@@ -198,10 +202,10 @@ class SlurmConnector(Connector):
         if strategy != "per-step":
             if strategy not in self._allocations:
                 self._allocations[strategy] = SlurmAllocations(
-                    self, strategy, self.report_allocation
+                    self, strategy, self.context.report_allocation
                 )
             return await self._allocations[strategy].run(job, on_started)
-        if self.cfg.submit == "salloc" and one_task(self.cfg, job):
+        if self.config.submit == "salloc" and one_task(self.config, job):
             return await run_in_salloc(self, job, on_started)
         plan = self.plan(job)
         tracked = await self._submit(plan, on_started)
@@ -222,7 +226,7 @@ class SlurmConnector(Connector):
         """The step's job: name, files, options and batch script (after :meth:`_prepare`)."""
         if self.workdir is None:
             raise RuntimeError("SlurmConnector.plan before _prepare")
-        return make_plan(self.cfg, job, self.workdir, self._srun)
+        return make_plan(self.config, job, self.workdir, self._srun)
 
     async def _submit(self, plan: Plan, on_started: JobStartedCallback) -> _Tracked:
         """``sbatch`` the job and register it with the poller; a cancel never orphans a job."""
@@ -302,7 +306,7 @@ class SlurmConnector(Connector):
         while True:
             if not any(not t.done.is_set() for t in self._tracked.values()):
                 return
-            await asyncio.sleep(self.cfg.poll_interval)
+            await asyncio.sleep(self.config.poll_interval)
             waiting = [t for t in self._tracked.values() if not t.done.is_set()]
             if not waiting:
                 return

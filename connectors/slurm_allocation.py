@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qflow.connector import AllocationRecord, JobOutcome, JobSpec, JobStartedCallback
+from qflow.connectors import slurm_auto_rule as auto_rule
 from qflow.connectors.slurm_outcome import collect, read_exit_file
 from qflow.connectors.slurm_salloc import salloc, srun_script
 from qflow.connectors.slurm_transport import shielded
@@ -70,7 +71,7 @@ class SlurmAllocations:
     ) -> None:
         self.connector = connector
         self.strategy = strategy
-        self.size = connector.cfg.held_nodes or connector.config.slots * connector.cfg.nodes
+        self.size = connector.config.held_nodes or connector.config.slots * connector.config.nodes
         self._report = report
         self._held: list[_Allocation] = []
         self._changed = asyncio.Condition()
@@ -175,7 +176,7 @@ class SlurmAllocations:
                 self._changed.notify_all()
 
     async def _salloc(self, count: int, kind: str, exclude: list[str]) -> _Allocation:
-        cfg = self.connector.cfg
+        cfg = self.connector.config
         name = f"qflow-{kind}-{uuid.uuid4().hex[:8]}"
         # an extension takes what it can get (1..count): two malleable runs each holding an
         # anchor must not wait for each other's nodes forever
@@ -254,24 +255,21 @@ class SlurmAllocations:
 
     async def decide(self) -> str:
         """At a quantum phase: ``keep`` every node, ``shrink`` to the anchor, or ``release``
-        all (held: keep; malleable: shrink; auto: the rule of docs/strategies.md)."""
-        if self.strategy != "auto":
-            return "keep" if self.strategy == "held" else "shrink"
-        if not self._quantum_phases or not self._grant_waits:
-            return "shrink"  # nothing measured yet: as malleable
-        if self._contended or await self._others_waiting():
-            # others want nodes: let them use the rest, and keep one so as not to queue behind
-            # them for it. Remembered: contention seen once is likely to come back
-            self._contended = True
-            return "shrink"
-        expected_quantum = sum(self._quantum_phases) / len(self._quantum_phases)
-        expected_wait = sum(self._grant_waits) / len(self._grant_waits)
-        if expected_quantum > self.connector.cfg.auto_keep_factor * expected_wait:
-            return "release"  # idle nodes would cost more than getting them back
-        return "keep"
+        all (held: keep; malleable: shrink; auto: the rule of docs/strategies.md, in
+        slurm_auto_rule.py)."""
+        phases, waits = self._quantum_phases, self._grant_waits
+        others_pending = False
+        if auto_rule.needs_pending_check(self.strategy, phases, waits, self._contended):
+            others_pending = await self._others_waiting()
+        decision = auto_rule.decide(self.strategy, phases, waits, contended=self._contended,
+                                    others_pending=others_pending,
+                                    keep_factor=self.connector.config.auto_keep_factor)  # fmt: skip
+        if others_pending:
+            self._contended = True  # remembered: contention seen once is likely to come back
+        return decision
 
     async def _others_waiting(self) -> bool:
-        cfg = self.connector.cfg
+        cfg = self.connector.config
         argv = ["squeue", "--noheader", "--states=PENDING", "--format=%i"]
         if cfg.partition:
             argv.append(f"--partition={cfg.partition}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -157,29 +157,61 @@ JobStartedCallback = Callable[[str | None], None]
 """Called by a connector when the command starts running, with its external id if any."""
 
 
-class Connector(abc.ABC):
-    """Base class of execution connectors: one instance per location in deployment.yml."""
+@dataclasses.dataclass(frozen=True)
+class ConnectorContext:
+    """What a run gives the connectors of its locations, at construction.
 
-    Config: ClassVar[type[LocationConfig]] = LocationConfig
-    """The location keys this connector accepts (a pydantic model, extra keys forbidden)."""
+    The defaults stand for no run at all (a connector used on its own, in a test): nothing
+    journalled, steps allocated one by one, allocations reported nowhere.
+    """
+
+    journal: Journal = NO_JOURNAL
+    """The run's journal. Every step execution is journalled by the engine (kind
+    ``execution``, id ``JobSpec.execution_id``); a connector records what it holds beyond one
+    execution (an allocation kept across steps) with ``journal.intend`` before creating it and
+    ``journal.ended`` once gone."""
+    allocation_policy: str = "per-step"
+    """The run's allocation strategy (``policy.allocation``): per-step, held, malleable, auto."""
+    report_allocation: Callable[[AllocationRecord], None] | None = None
+    """Where a connector that keeps allocations across steps reports each one once released."""
+
+
+STANDALONE = ConnectorContext()
+"""The context of a connector outside a run."""
+
+ConfigT = TypeVar("ConfigT", bound=LocationConfig, covariant=True)
+"""A connector's own ``Config`` (covariant: a ``Connector[SlurmConfig]`` is a
+``Connector[LocationConfig]`` for code that only reads its keys)."""
+
+
+class Connector(abc.ABC, Generic[ConfigT]):
+    """Base class of execution connectors: one instance per location in deployment.yml.
+
+    ``class MyConnector(Connector[MyConfig])`` with ``Config = MyConfig`` makes ``self.config``
+    a ``MyConfig``. A subclass that defines ``__init__`` takes and passes on ``context``.
+    """
+
+    Config: ClassVar[type[ConfigT]] = LocationConfig  # type: ignore[assignment]
+    """The location keys this connector accepts (a pydantic model, extra keys forbidden);
+    connectors with no key of their own keep :class:`LocationConfig`."""
     quantum: ClassVar[bool] = False
     """True for connectors whose locations are QPUs (reported as ``quantum`` per step)."""
     outlives_host: ClassVar[bool] = True
     """Whether its jobs can outlive this host's processes (a batch job can, a local process
     cannot): their journal records are then fsync'd, not only written."""
 
-    def __init__(self, location: str, config: LocationConfig) -> None:
+    def __init__(
+        self, location: str, config: ConfigT, context: ConnectorContext = STANDALONE
+    ) -> None:
         self.location = location
         self.config = config
-        self.allocation_policy = "per-step"
-        """The run's allocation strategy for this location (set by the engine before start)."""
-        self.report_allocation: Callable[[AllocationRecord], None] | None = None
-        """Where a connector that keeps allocations reports them (set by the engine)."""
-        self.journal: Journal = NO_JOURNAL
-        """The run's journal (set by the engine before start). Every step execution is
-        journalled by the engine (kind ``execution``, id ``JobSpec.execution_id``); a
-        connector records what it holds beyond one execution (an allocation kept across
-        steps) with ``journal.intend`` before creating it and ``journal.ended`` once gone."""
+        self.context = context
+        """The run's journal, allocation policy and allocation reporter."""
+
+    @property
+    def journal(self) -> Journal:
+        """The run's journal (``context.journal``)."""
+        return self.context.journal
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare the location (open sessions, check reachability); called once per run."""

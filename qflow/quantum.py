@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import Field
 
@@ -89,15 +89,25 @@ class TaskInfo:
     ended: float | None = None
 
 
-class QuantumConnector(abc.ABC):
-    """Base class of quantum connectors: one instance per quantum location."""
+QuantumConfigT = TypeVar("QuantumConfigT", bound=QuantumLocationConfig, covariant=True)
+"""A quantum connector's own ``Config`` (covariant, as :data:`qflow.connector.ConfigT`)."""
 
-    Config: ClassVar[type[QuantumLocationConfig]] = QuantumLocationConfig
+
+class QuantumConnector(abc.ABC, Generic[QuantumConfigT]):
+    """Base class of quantum connectors: one instance per quantum location.
+
+    ``class MyQpu(QuantumConnector[MyQpuConfig])`` with ``Config = MyQpuConfig`` makes
+    ``self.config`` a ``MyQpuConfig``.
+    """
+
+    Config: ClassVar[type[QuantumConfigT]] = QuantumLocationConfig  # type: ignore[assignment]
+    """The location keys this connector accepts; connectors with no key of their own keep
+    :class:`QuantumLocationConfig`."""
     quantum: ClassVar[bool] = True
     task_kinds: ClassVar[tuple[str, ...]] = ("qubo",)
     """Task kinds this QPU accepts (``qubo``: a QUBO as [i, j, value] terms)."""
 
-    def __init__(self, location: str, config: QuantumLocationConfig) -> None:
+    def __init__(self, location: str, config: QuantumConfigT) -> None:
         self.location = location
         self.config = config
 

@@ -11,12 +11,14 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeAlias
 
-from qflow.connector import Connector
-from qflow.quantum import QuantumConnector
+from qflow.connector import Connector, LocationConfig
+from qflow.quantum import QuantumConnector, QuantumLocationConfig
 
 ENTRY_POINT_GROUP = "qflow.connectors"
 
-ConnectorClass: TypeAlias = type[Connector] | type[QuantumConnector]
+ConnectorClass: TypeAlias = (
+    type[Connector[LocationConfig]] | type[QuantumConnector[QuantumLocationConfig]]
+)
 """An execution or a quantum connector class."""
 
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: paths, deployments written on the fly, running qflow in-process or as a CLI."""
+"""Shared fixtures: paths, deployments written on the fly, running qflow in-process or as a CLI.
+
+The services tests start for real (Slurm cluster, HyperQueue server, QPU emulator and gateway)
+and their fixtures (``slurm_cluster``, ``hq_server``) are in the ``qflow.testing`` package,
+which the benchmarks use too.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hq_server import hq_server  # noqa: F401 - the HyperQueue server fixture
 
 from qflow.connector import Connector, registry
 from qflow.deployment import Deployment, parse_deployment
 from qflow.engine.runner import RunResult, run_cwl
 
-pytest_plugins = ["conftest_slurm"]  # the session-scoped real Slurm cluster (slurm_cluster)
+# the session-scoped real services: slurm_cluster, hq_server
+pytest_plugins = ["qflow.testing.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -92,13 +97,3 @@ def register_connector() -> Iterator:
     yield add
     for name in added:
         registry().pop(name, None)
-
-
-def process_alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie is dead for our purpose)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qflow.connector import JobSpec, Resources
+from qflow.connector import Connector, ConnectorContext, JobSpec, Resources
 from qflow.registry import connector_class
 from qflow.rundir.journal import Journal
 
@@ -29,8 +29,8 @@ from qflow.rundir.journal import Journal
 async def main(config_json: str, journal_path: str, cwd: str, command: list[str]) -> None:
     keys = json.loads(config_json)
     cls = connector_class(keys["connector"])
-    connector = cls("crashed", cls.Config(**keys))
-    connector.journal = Journal(Path(journal_path))
+    assert issubclass(cls, Connector)
+    connector = cls("crashed", cls.Config(**keys), ConnectorContext(Journal(Path(journal_path))))
     await connector.start()
     execution = connector.journal.intend("execution", "crashed", step="/long")
     job = JobSpec(

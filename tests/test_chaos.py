@@ -51,11 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulator_proc import serve
 
 from conftest import DATA, REPO
 from qflow.connectors.local import tagged_process_groups
 from qflow.rundir.journal import read_journal
+from qflow.testing.qpu_services import serve
 
 SEED = int(os.environ.get("QFLOW_CHAOS_SEED", "20250611"))
 TOTAL_KILL_POINTS = int(os.environ.get("QFLOW_CHAOS_KILLS", "0"))

@@ -9,10 +9,15 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from qflow.qpu_client import QpuClient
+from qflow.testing.qpu_services import emulator
 
 CLAGG_PATH = (
     Path(__file__).resolve().parents[1] / "workflows" / "clustering-aggregation" / "clagg.py"
@@ -434,3 +439,50 @@ def test_min_seconds_reaches_the_clustering_and_silhouette_commands():
     sil = ["silhouette", "--points", "p", "--qubo", "q", "--solution", "s", "--kmeans", "k",
            "--dbscan", "d", "--hierarchical", "h"]  # fmt: skip
     assert parser.parse_args(sil).min_seconds == 0.0  # off unless asked
+
+
+# --------------------------------------------------------------------------- quantum implementation
+
+
+def test_solve_qpu_sends_the_qubo_to_the_qpu_and_decodes_its_answer(tmp_path: Path, monkeypatch):
+    qubo = clagg.build_qubo(SIX)
+    (tmp_path / "qubo.json").write_text(json.dumps(qubo))
+    seed = 2**32 + 11  # the QPU takes seeds below 2**32: sent modulo, reported as given
+    with emulator("clagg-qpu-token", time_scale=0) as url:
+        monkeypatch.setenv("QFLOW_QPU_URL", url)
+        monkeypatch.setenv("QFLOW_QPU_TOKEN", "clagg-qpu-token")
+        argv = ["solve-qpu", "--qubo", str(tmp_path / "qubo.json"), "--num-reads", "50",
+                "--num-sweeps", "500", "--seed", str(seed),
+                "--output", str(tmp_path / "s.json")]  # fmt: skip
+        assert clagg.main(argv) == 0
+    solution = json.loads((tmp_path / "s.json").read_text())
+    best, argbest = _brute_force_min(qubo)
+    assert tuple(solution["selected"]) in argbest
+    assert solution["energy"] == pytest.approx(best)
+    assert solution["feasible"] is True and solution["solver"].startswith("emulator:")
+    assert (solution["num_reads"], solution["num_sweeps"], solution["seed"]) == (50, 500, seed)
+
+
+def test_an_empty_qubo_asks_no_qpu():
+    nowhere = QpuClient("http://127.0.0.1:9", "token", attempts=1)  # nothing listens there
+    empty = {"num_variables": 0, "terms": [], "edges": []}
+    assert clagg.solve_on_qpu(empty, 10, 10, 1, nowhere)["selected"] == []
+
+
+def test_only_the_quantum_implementation_imports_qflow(tmp_path: Path):
+    """The classical subcommands run where qflow is not installed (as the script is staged)."""
+    (tmp_path / "q.json").write_text(json.dumps({"num_variables": 0, "terms": [], "edges": []}))
+    probe = f"""
+import runpy, sys
+sys.argv = ["clagg.py", "solve", "--qubo", "q.json", "--output", "s.json"]
+try:
+    runpy.run_path({str(CLAGG_PATH)!r}, run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(sorted(name for name in sys.modules if name.startswith("qflow")))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "s.json").read_text())["selected"] == []

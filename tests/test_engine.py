@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, deployment_from, process_alive, qflow_interruptible, run_in_process
+from conftest import DATA, deployment_from, qflow_interruptible, run_in_process
 from qflow.connector import JobOutcome, JobSpec, JobStartedCallback
 from qflow.connectors.local import LocalConnector
 from qflow.deployment import embedded_default
 from qflow.engine.runner import run_cwl
+from qflow.testing.processes import process_alive
 
 
 def _max_overlap(records: list[dict]) -> int:

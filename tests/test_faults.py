@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from emulator_proc import emulator_stats, gateway_user_deployment, serve
 
 from conftest import DATA, REPO, deployment_from, run_in_process
+from qflow.testing.qpu_services import emulator_stats, gateway_user_deployment, serve
 
 QUBO = DATA / "mis5.qubo.json"
 TOKEN = "vendor-faults-3c81e0"
@@ -369,6 +369,6 @@ def test_the_client_gives_up_and_cancels_its_task_after_its_timeout(tmp_path: Pa
         proc = client(url, tmp_path, "--timeout", "1")
         elapsed = time.monotonic() - begin
         stats = emulator_stats(url, TOKEN)
-    assert proc.returncode == 1 and "after the --timeout of 1 s; cancelled it" in proc.stderr
+    assert proc.returncode == 1 and "after the timeout of 1 s; cancelled it" in proc.stderr
     assert elapsed < 3.5
     assert [t["state"] for t in stats["tasks"]] == ["cancelled"]

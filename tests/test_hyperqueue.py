@@ -1,6 +1,6 @@
 """The hyperqueue connector against a real HyperQueue server (``hq_server`` fixture).
 
-The server and its 2-core worker run in a helper process (``tests/hq_server.py``); the
+The server and its 2-core worker run in a helper process (``qflow.testing.hq_server``); the
 connector connects to it with ``Client(server_dir)`` as it would to any running server.
 """
 
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hq_server import HqServer, HqUnavailable, process_alive, start_server, stop_server
-from hq_server import hq_server as hq_server  # noqa: F401 - the fixture, until conftest has it
 from hq_slurm_crash_run import crash_once_started
 
 from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
@@ -30,6 +28,8 @@ from qflow.connectors import hyperqueue as hq_module
 from qflow.connectors import hyperqueue_task
 from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
 from qflow.rundir.journal import read_journal
+from qflow.testing.hq_server import HqServer, HqUnavailable, start_server, stop_server
+from qflow.testing.processes import process_alive
 
 pytest.importorskip("hyperqueue", reason="the hyperqueue package is not installed")
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from qpu_helpers import aio, wait
 
 from qflow.connectors.ibm import (
     IbmConfig,
@@ -28,6 +27,7 @@ from qflow.connectors.ibm import (
 )
 from qflow.deployment import DeploymentError, parse_deployment
 from qflow.registry import connector_class
+from qflow.testing.qpu_tasks import aio, wait
 
 pytestmark = [
     pytest.mark.timeout(120),

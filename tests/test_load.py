@@ -1,23 +1,16 @@
 """Load: five ``qflow run`` processes share one site-wide gateway and one emulated QPU.
 
-The small version of benchmarks/gateway_load.py (same code): real processes only, the
-emulator (superconducting, 0.1 s of latency per task), ``qflow gateway`` with ``vqpus: 2``
-and five runs of tests/data/qubo-scatter.cwl (three quantum-candidate solves each) at once.
+The small version of benchmarks/gateway_load.py (the same load: qflow.testing.gateway_load):
+real processes only, the emulator (superconducting, 0.1 s of latency per task), ``qflow
+gateway`` with ``vqpus: 2`` and five runs of tests/data/qubo-scatter.cwl (three
+quantum-candidate solves each) at once.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from conftest import REPO
-
-spec = importlib.util.spec_from_file_location(
-    "gateway_load", REPO / "benchmarks" / "gateway_load.py"
-)
-assert spec is not None and spec.loader is not None
-gateway_load = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gateway_load)
+from qflow.testing import gateway_load
 
 RUNS, VQPUS = 5, 2
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from qpu_helpers import aio, wait
 
 from qflow.connectors.ibm import MissingExtra, TaskRefused, missing_modules, parse_qubo
 from qflow.connectors.pasqal import (
@@ -27,6 +26,7 @@ from qflow.connectors.pasqal import (
 )
 from qflow.deployment import DeploymentError, load_deployment, parse_deployment
 from qflow.registry import connector_class
+from qflow.testing.qpu_tasks import aio, wait
 
 pytestmark = [
     pytest.mark.timeout(120),

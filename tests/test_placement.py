@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulator_proc import emulator_stats, serve
 
 from conftest import DATA, deployment_from, run_in_process
 from qflow.placement import Placer
 from qflow.placement.history import History
+from qflow.testing.qpu_services import emulator_stats, serve
 
 QUBO = DATA / "mis5.qubo.json"
 TOKEN = "placement-vendor-9d1e"

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulator_proc import serve
 
 from conftest import DATA, qflow_cli, qflow_interruptible
 from qflow.rundir.journal import read_journal
+from qflow.testing.qpu_services import serve
 
 QUBO = DATA / "mis5.qubo.json"
 SOLVE = DATA / "qubo-solve.cwl"

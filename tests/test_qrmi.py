@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from fake_ibm_service import FakeIbmService
 from pydantic import ValidationError
-from qpu_helpers import aio, wait
 
 from qflow.connectors.ibm import ResultNotReady, TaskRefused, missing_modules
 from qflow.connectors.qrmi import QrmiConfig, QrmiConnector, QrmiTaskError
 from qflow.deployment import DeploymentError, load_deployment, parse_deployment
 from qflow.registry import connector_class
+from qflow.testing.qpu_tasks import aio, wait
 
 pytestmark = [
     pytest.mark.timeout(120),

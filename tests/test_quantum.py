@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from emulator_proc import emulator, emulator_stats, gateway_user_deployment, serve
 
 from conftest import DATA, REPO, deployment_from, qflow_interruptible, run_in_process
+from qflow.testing.qpu_services import emulator, emulator_stats, gateway_user_deployment, serve
 
 QUBO = DATA / "mis5.qubo.json"
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import REPO, process_alive, qflow_cli
+from conftest import REPO, qflow_cli
 from qflow.connectors.local import tagged_process_groups
 from qflow.rundir.journal import read_journal
 from qflow.rundir.state import JsonLines
+from qflow.testing.processes import process_alive
 
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
 INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2"]  # two iterations

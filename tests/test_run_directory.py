@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import DATA, process_alive, qflow_cli, qflow_interruptible
+from conftest import DATA, qflow_cli, qflow_interruptible
 from qflow.connectors.local import tagged_process_groups
 from qflow.rundir.journal import read_journal
+from qflow.testing.processes import process_alive
 
 CRASH = DATA / "crash-points.cwl"
 

@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 from hq_slurm_crash_run import crash_once_started
 from pydantic import ValidationError
-from slurm_cluster import ClusterUnavailable, SshServer, start_sshd
 
 from qflow.connector import JobOutcome, JobSpec, Resources
 from qflow.connectors.slurm import SlurmConnector, SlurmError
 from qflow.connectors.slurm_script import job_name
 from qflow.registry import connector_class
 from qflow.rundir.journal import Resource, read_journal
+from qflow.testing.slurm_cluster import ClusterUnavailable
+from qflow.testing.sshd import SshServer, start_sshd
 
 pytestmark = pytest.mark.slurm
 

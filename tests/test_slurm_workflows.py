@@ -108,7 +108,7 @@ def test_a_killed_slurmd_fails_the_step_with_slurms_reason_then_retries(
     """Fault injected for real: the node running the step loses its slurmd mid-step."""
     import os
 
-    from slurm_cluster import ClusterUnavailable, start_cluster, stop_cluster
+    from qflow.testing.slurm_cluster import ClusterUnavailable, start_cluster, stop_cluster
 
     directory = tmp_path_factory.mktemp("faulty-cluster")  # not the shared cluster: a node dies
     try:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from qflow.placement import HOST
 from qflow.placement.qpus import withdraw_orphan_lease
-from qflow.quantum import QuantumConnector
+from qflow.quantum import QuantumConnector, QuantumLocationConfig
 from qflow.registry import connector_class
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ async def end_leftovers(
 
     Returns what was ended and what could not be (with why), as lines for the user.
     """
-    quantum: dict[str, QuantumConnector] = {}
+    quantum: dict[str, QuantumConnector[QuantumLocationConfig]] = {}
 
     async def end(resource: Resource) -> None:
         if resource.kind == "qpu-lease":
@@ -41,11 +41,13 @@ async def end_leftovers(
             )
         journal.ended(resource)
 
-    async def _quantum(location: str) -> QuantumConnector:
+    async def _quantum(location: str) -> QuantumConnector[QuantumLocationConfig]:
         if location not in quantum:
             config = deployment.locations[location]
             cls = connector_class(config.connector)
-            if not issubclass(cls, QuantumConnector):
+            if not (
+                issubclass(cls, QuantumConnector) and isinstance(config, QuantumLocationConfig)
+            ):
                 raise TypeError(f"location {location} is not a QPU any more; end it by hand")
             connector = cls(location, config)
             await connector.start()

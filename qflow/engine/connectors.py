@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qflow.connector import AllocationRecord, Connector, LocationConfig
+from qflow.connector import (
+    AllocationRecord,
+    Connector,
+    ConnectorContext,
+    LocationConfig,
+)
 from qflow.connectors.local import LocalConnector
 from qflow.placement import HOST
 from qflow.registry import connector_class
@@ -29,35 +35,36 @@ class ConnectorPool:
         report_allocation: Callable[[AllocationRecord], None] | None = None,
     ) -> None:
         self.deployment = deployment
-        self.journal = journal
-        self.report_allocation = report_allocation
-        self._connectors: dict[str, Connector] = {}
+        self.context = ConnectorContext(journal, deployment.policy.allocation, report_allocation)
+        """What every connector of the run is created with."""
+        self._connectors: dict[str, Connector[LocationConfig]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, location: str) -> Connector:
+    async def get(self, location: str) -> Connector[LocationConfig]:
         """The location's connector (:data:`~qflow.placement.HOST`: this host's), started
         once."""
         lock = self._locks.setdefault(location, asyncio.Lock())
         async with lock:
             if location not in self._connectors:
                 connector = self._create(location)
-                connector.journal = self.journal
-                connector.allocation_policy = self.deployment.policy.allocation
-                connector.report_allocation = self.report_allocation
                 await connector.start()
                 self._connectors[location] = connector
             return self._connectors[location]
 
-    def _create(self, location: str) -> Connector:
+    def _create(self, location: str) -> Connector[LocationConfig]:
         if location == HOST:
-            return LocalConnector(HOST, LocationConfig(connector="local"))
+            return LocalConnector(HOST, LocationConfig(connector="local"), self.context)
         config = self.deployment.locations[location]
         cls = connector_class(config.connector)
         if not issubclass(cls, Connector):
             raise TypeError(f"location {location} is a QPU: its connector runs no command")
-        return cls(location, config)
+        if takes_context(cls):
+            return cls(location, config, self.context)
+        connector = cls(location, config)  # written before the context: given it right after
+        connector.context = self.context
+        return connector
 
-    def started(self) -> list[Connector]:
+    def started(self) -> list[Connector[LocationConfig]]:
         return list(self._connectors.values())
 
     async def stop(self) -> None:
@@ -68,3 +75,14 @@ class ConnectorPool:
             if isinstance(result, BaseException):
                 _logger.warning("stopping %s: %s", connector.location, result)
         self._connectors.clear()
+
+
+def takes_context(cls: type[Connector[LocationConfig]]) -> bool:
+    """Whether ``cls(location, config, context)`` works: false for a connector whose own
+    ``__init__`` takes only a location and a config (the contract before the context)."""
+    try:
+        parameters = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: assume the current contract
+        return True
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return len(parameters) > 2 or any(p.kind in variadic for p in parameters)

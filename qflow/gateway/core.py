@@ -26,7 +26,13 @@ from qflow.gateway.leases import (
     QpuSlots,
     task_seconds,
 )
-from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, TaskInfo
+from qflow.quantum import (
+    FINAL_STATES,
+    QpuStatus,
+    QuantumConnector,
+    QuantumLocationConfig,
+    TaskInfo,
+)
 from qflow.rundir.journal import NO_JOURNAL, Journal
 from qflow.secrets import redact
 
@@ -46,7 +52,7 @@ class Gateway:
 
     def __init__(
         self,
-        connectors: dict[str, QuantumConnector],
+        connectors: dict[str, QuantumConnector[QuantumLocationConfig]],
         admin_token: str,
         journal: Journal = NO_JOURNAL,
     ) -> None:
@@ -61,7 +67,7 @@ class Gateway:
         self._start_lock = asyncio.Lock()
 
     # -- leases ---------------------------------------------------------------------------
-    async def _connector(self, location: str) -> QuantumConnector:
+    async def _connector(self, location: str) -> QuantumConnector[QuantumLocationConfig]:
         connector = self.connectors[location]
         async with self._start_lock:
             if location not in self._started:

@@ -7,7 +7,7 @@ import collections
 import dataclasses
 from typing import Any
 
-from qflow.quantum import FINAL_STATES, QuantumConnector, TaskInfo
+from qflow.quantum import FINAL_STATES, QuantumConnector, QuantumLocationConfig, TaskInfo
 from qflow.rundir.journal import Resource
 
 
@@ -129,7 +129,7 @@ def task_seconds(info: TaskInfo | None) -> float | None:
 class QpuSlots:
     """The virtual-QPU slots of one location: at most ``vqpus`` leases at a time."""
 
-    def __init__(self, connector: QuantumConnector) -> None:
+    def __init__(self, connector: QuantumConnector[QuantumLocationConfig]) -> None:
         self.connector = connector
         self.free = connector.config.vqpus
         self.waiting = 0

@@ -6,12 +6,15 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qflow.gateway.core import Gateway
 from qflow.gateway.http import start_gateway
-from qflow.quantum import QuantumConnector
+from qflow.quantum import QuantumConnector, QuantumLocationConfig
 from qflow.registry import connector_class
+
+if TYPE_CHECKING:
+    from qflow.deployment import Deployment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def quantum_connectors(deployment: Any) -> dict[str, QuantumConnector]:
+def quantum_connectors(
+    deployment: Deployment,
+) -> dict[str, QuantumConnector[QuantumLocationConfig]]:
     """Instances of the quantum connectors of a deployment's locations, by location name."""
-    found: dict[str, QuantumConnector] = {}
+    found: dict[str, QuantumConnector[QuantumLocationConfig]] = {}
     for name, config in deployment.locations.items():
         cls = connector_class(config.connector)
-        if issubclass(cls, QuantumConnector):
+        if issubclass(cls, QuantumConnector) and isinstance(config, QuantumLocationConfig):
             found[name] = cls(name, config)
     return found

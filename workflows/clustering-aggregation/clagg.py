@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Hybrid clustering aggregation: the steps of qflow's reference use case.
 
-One self-contained script (stdlib + numpy + scikit-learn + dwave-samplers; it does not import
-qflow) so that every CWL tool can stage it next to its inputs and run it with ``python3``.
+One self-contained script (stdlib + numpy + scikit-learn + dwave-samplers) so that every CWL
+tool can stage it next to its inputs and run it with ``python3``. Only ``solve-qpu``, the
+quantum implementation, imports qflow: its QPU client, ``qflow.qpu_client`` (standard library
+only; docs/quantum-steps.md), imported where it is used, as scikit-learn and dwave-samplers are.
 
 Subcommands (one per workflow step)::
 
@@ -49,16 +51,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from qflow.qpu_client import QpuClient
 
 METHODS: tuple[str, ...] = ("kmeans", "dbscan", "hierarchical")
 SEED_STEP = 0xE4  # offset between the per-method random streams (authors' choice)
@@ -404,99 +407,9 @@ def cmd_solve(args: argparse.Namespace) -> None:
     print(f"solve: selected {solution['selected']} energy {solution['energy']:.6f}")
 
 
-QPU_RETRY_STATUSES = (503, 504)
-"""Gateway answers worth another attempt: the gateway itself (or a proxy before it) is busy or
-restarting. Not 502: the gateway answers 502 when the QPU behind it failed after the
-gateway's own retries (``http_retries``/``backoff`` of the location), and retrying those
-here would multiply them. Not 4xx: the request itself was refused."""
-QPU_ATTEMPTS = 5
-QPU_REQUEST_TIMEOUT_S = 30.0
 QPU_TIMEOUT_S = 270.0
 """Default of ``solve-qpu --timeout``: below solve-qpu.cwl's ToolTimeLimit (300 s), so the
 client cancels its task and says why before the engine has to kill it."""
-
-
-class QpuClientError(SystemExit):
-    """The QPU client gives up: the message says why (exit status 1, no traceback)."""
-
-
-def _remaining(deadline: float | None, what: str) -> float:
-    """Seconds left before ``deadline`` (a time.monotonic() value); gives up when none."""
-    if deadline is None:
-        return QPU_REQUEST_TIMEOUT_S
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise QpuClientError(f"QPU client: out of time (--timeout) while {what}")
-    return min(QPU_REQUEST_TIMEOUT_S, left)
-
-
-def _qpu_request(
-    method: str,
-    url: str,
-    token: str,
-    body: Any = None,
-    key: str | None = None,
-    deadline: float | None = None,
-) -> Any:
-    """One JSON request to the QPU gateway; the answer's JSON value.
-
-    Connection failures, timeouts and HTTP 503/504 are retried with backoff (0.2 s, doubled
-    each time, at most ``QPU_ATTEMPTS`` attempts, never past ``deadline``); any other error,
-    or an answer that is not JSON, ends the client with a message saying what went wrong.
-    """
-    import urllib.error
-    import urllib.request
-
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    if key:
-        headers["Idempotency-Key"] = key  # a retried submission never makes a second task
-    where = f"{method} {url}"
-    for attempt in range(1, QPU_ATTEMPTS + 1):
-        timeout = _remaining(deadline, where)
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                raw = resp.read()
-            break
-        except urllib.error.HTTPError as exc:
-            detail = _error_detail(exc.read())
-            if exc.code not in QPU_RETRY_STATUSES or attempt == QPU_ATTEMPTS:
-                raise QpuClientError(
-                    f"{where}: the QPU gateway answered {exc.code}: {detail}"
-                ) from None
-            problem = f"HTTP {exc.code}: {detail}"
-        except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
-            problem = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
-            if attempt == QPU_ATTEMPTS:
-                raise QpuClientError(
-                    f"{where}: the QPU gateway is unreachable after {attempt} attempts: {problem}"
-                ) from None
-        delay = 0.2 * 2 ** (attempt - 1)
-        print(f"QPU client: {where}: {problem}; retrying in {delay:g} s", file=sys.stderr)
-        time.sleep(min(delay, _remaining(deadline, where)))
-    try:
-        return json.loads(raw or b"null")
-    except ValueError:
-        raise QpuClientError(
-            f"{where}: the QPU gateway's answer is not JSON: {raw[:80]!r}"
-        ) from None
-
-
-def _error_detail(raw: bytes) -> str:
-    """The ``error`` of a JSON error answer, else the start of the raw text."""
-    try:
-        error = json.loads(raw).get("error")
-    except (ValueError, AttributeError):
-        error = None
-    return str(error) if error else (raw[:500].decode(errors="replace") or "no message")
-
-
-def _field(answer: Any, name: str, kind: type | tuple[type, ...], what: str) -> Any:
-    """``answer[name]`` when ``answer`` is a JSON object with it of the right type."""
-    if not isinstance(answer, dict) or not isinstance(answer.get(name), kind):
-        raise QpuClientError(f"QPU client: {what} has no valid {name!r}: {str(answer)[:200]}")
-    return answer[name]
 
 
 def solve_on_qpu(
@@ -504,53 +417,28 @@ def solve_on_qpu(
     num_reads: int,
     num_sweeps: int,
     seed: int,
-    url: str,
-    token: str,
-    timeout: float | None = None,
+    client: QpuClient,
 ) -> dict[str, Any]:
-    """The quantum implementation: the same QUBO as a task on the QPU behind qflow's gateway.
+    """The quantum implementation: the same QUBO as a ``qubo`` task on the QPU that qflow
+    placed the step on, through ``client`` (qflow.qpu_client: the gateway's step API, with
+    its retries, idempotency key and timeout); the solution in solve_qubo's format."""
+    from qflow.qpu_client import solve_qubo as solve_qubo_on_qpu
 
-    ``timeout``: seconds for the whole exchange (None: no limit); past it the task is
-    cancelled and the client gives up.
-    """
     n = int(qubo["num_variables"])
     if n == 0:
-        return solve_qubo(qubo, num_reads, num_sweeps, seed)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    task = {
-        "kind": "qubo",
-        "qubo": [[int(i), int(j), float(v)] for i, j, v in qubo["terms"]],
-        "num_variables": n,
-        "num_reads": num_reads,
-        "num_sweeps": num_sweeps,
-        "seed": seed % 2**32,  # as solve_qubo does: the QPU takes 0 to 2**32 - 1 only
-    }
-    base = url.rstrip("/") + "/v1/tasks"
-    created = _qpu_request("POST", base, token, task, key=uuid.uuid4().hex, deadline=deadline)
-    task_url = f"{base}/{_field(created, 'id', str, 'the submitted task')}"
-    delay = 0.02
-    while True:
-        info = _qpu_request("GET", task_url, token, deadline=deadline)
-        state = _field(info, "state", str, "the task")
-        if state in ("completed", "failed", "cancelled"):
-            break
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            _cancel_quietly(task_url, token)
-            raise QpuClientError(
-                f"QPU client: the task is still {state} after the --timeout of {timeout:g} s; "
-                "cancelled it"
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-    if state != "completed":
-        raise QpuClientError(f"QPU task {state}: {info.get('message') or 'no reason given'}")
-    result = _qpu_request("GET", f"{task_url}/result", token, deadline=deadline)
-    sample = _field(result, "best_sample", list, "the task's result")
-    energy = _field(result, "best_energy", (int, float), "the task's result")
-    selected = [i for i, x in enumerate(sample) if x]
+        return solve_qubo(qubo, num_reads, num_sweeps, seed)  # nothing to ask a QPU
+    result = solve_qubo_on_qpu(
+        client,
+        qubo["terms"],
+        n,
+        num_reads=num_reads,
+        num_sweeps=num_sweeps,
+        seed=seed % 2**32,  # as solve_qubo does: the QPU takes 0 to 2**32 - 1 only
+    )
+    selected = [i for i, x in enumerate(result["best_sample"]) if x]
     return {
         "selected": selected,
-        "energy": float(energy),
+        "energy": float(result["best_energy"]),
         "solver": result.get("solver", "qpu"),
         "feasible": is_independent(qubo, selected),
         "num_reads": num_reads,
@@ -559,30 +447,18 @@ def solve_on_qpu(
     }
 
 
-def _cancel_quietly(task_url: str, token: str) -> None:
-    """Best effort: the gateway also stops the task when qflow releases the lease."""
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"{task_url}/cancel", method="POST", headers={"Authorization": f"Bearer {token}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5):
-            pass
-    except OSError:
-        pass
-
-
 def cmd_solve_qpu(args: argparse.Namespace) -> None:
-    url, token = os.environ.get("QFLOW_QPU_URL"), os.environ.get("QFLOW_QPU_TOKEN")
-    if not url or not token:
+    try:
+        from qflow.qpu_client import QpuClient
+    except ImportError as exc:
         raise SystemExit(
-            "solve-qpu needs QFLOW_QPU_URL and QFLOW_QPU_TOKEN (qflow sets them for steps it "
-            "places on a quantum location); run 'solve' for the classical implementation"
-        )
+            f"solve-qpu needs qflow's QPU client, which {sys.executable} cannot import ({exc}): "
+            "install qflow for it (standard library only: pip install --no-deps qflow)"
+        ) from None
     qubo = json.loads(Path(args.qubo).read_text())
-    timeout = args.timeout if args.timeout > 0 else None
-    solution = solve_on_qpu(qubo, args.num_reads, args.num_sweeps, args.seed, url, token, timeout)
+    # QFLOW_QPU_URL and QFLOW_QPU_TOKEN, set by qflow; the timeout counts from here
+    client = QpuClient.from_env(timeout=args.timeout if args.timeout > 0 else None)
+    solution = solve_on_qpu(qubo, args.num_reads, args.num_sweeps, args.seed, client)
     write_json(args.output, solution)
     print(f"solve-qpu: selected {solution['selected']} energy {solution['energy']:.6f}")
 
@@ -667,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--timeout",
                 type=float,
                 default=QPU_TIMEOUT_S,
-                help="seconds for the whole QPU exchange, then cancel and fail (0: no limit)",
+                help="seconds for the whole QPU exchange, then cancel the task and fail "
+                "(0: no limit)",
             )
 
     sil = sub.add_parser("silhouette", help="consensus labels, score, best so far")

@@ -5,7 +5,8 @@ label: solve-qpu
 doc: |
   Quantum implementation of the quantum-candidate step: the same QUBO as a task on the QPU
   that qflow placed the step on, through qflow's QPU gateway (QFLOW_QPU_URL and a per-step
-  QFLOW_QPU_TOKEN, set by qflow; no vendor credential reaches the step). Same inputs and
+  QFLOW_QPU_TOKEN, set by qflow; no vendor credential reaches the step), with qflow's
+  stdlib-only client module qflow.qpu_client (docs/quantum-steps.md). Same inputs and
   outputs as solve.cwl, so qflow can fall back to it.
 requirements:
   ResourceRequirement:

@@ -25,15 +25,14 @@ class ExactQpuConfig(QuantumLocationConfig):
     shot_time: float = Field(default=0.0, ge=0, description="Seconds each task occupies the QPU.")
 
 
-class ExactQpu(QuantumConnector):
+class ExactQpu(QuantumConnector[ExactQpuConfig]):
     """Solves QUBO tasks exactly by trying every assignment, one task at a time."""
 
-    Config = ExactQpuConfig
+    Config = ExactQpuConfig  # self.config is an ExactQpuConfig
     task_kinds = ("qubo",)
 
     def __init__(self, location: str, config: ExactQpuConfig) -> None:
         super().__init__(location, config)
-        self.config: ExactQpuConfig = config
         self._tasks: dict[str, dict[str, Any]] = {}
         self._by_key: dict[str, str] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()

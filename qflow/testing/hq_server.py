@@ -1,20 +1,20 @@
-"""A real HyperQueue server with one worker for tests, in a helper process of its own.
+"""A real HyperQueue server with one worker, in a helper process of its own.
 
 The ``hyperqueue`` wheel runs the server and its workers inside a Python process
-(``LocalCluster``). :func:`start_server` starts ``python tests/hq_server.py DIR --cores N``:
-that helper starts a ``LocalCluster`` with ``server_dir=DIR`` and one worker with ``N`` cores,
-runs one probe task to completion (so the worker is really up) and writes ``DIR/ready.json``.
-Tests and qflow then connect with ``Client(DIR)``, as real users of a running server do.
+(``LocalCluster``). :func:`start_server` starts ``python -m qflow.testing.hq_server DIR --cores
+N``: that helper starts a ``LocalCluster`` with ``server_dir=DIR`` and one worker with ``N``
+cores, runs one probe task to completion (so the worker is really up) and writes
+``DIR/ready.json``. Tests and qflow then connect with ``Client(DIR)``, as real users of a
+running server do.
 
 :func:`stop_server` sends SIGTERM to the helper by its PID; the helper's own SIGTERM handler
 (a cluster ignores SIGTERM/SIGINT otherwise) stops the cluster, which kills running tasks,
 and exits; SIGKILL if it does not within :data:`STOP_TIMEOUT_S`. The helper also stops when
 the process that started it dies.
 
-The session-scoped pytest fixture :func:`hq_server` (enable it with
-``from hq_server import hq_server  # noqa: F401`` in ``tests/conftest.py``) starts one server
-with a 2-core worker on first use and stops it at the end of the session; where HyperQueue
-cannot run here the tests that use it are skipped with the reason.
+The session-scoped pytest fixture ``hq_server`` (in :mod:`qflow.testing.pytest_plugin`)
+starts one server with a 2-core worker on first use and stops it at the end of the session;
+where HyperQueue cannot run here the tests that use it are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -100,16 +97,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def process_alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def start_server(directory: Path, cores: int = 2) -> HqServer:
     """Start the helper process with a server in ``directory``; return once it is ready."""
     reason = unavailable_reason()
@@ -121,9 +108,10 @@ def start_server(directory: Path, cores: int = 2) -> HqServer:
     ready.unlink(missing_ok=True)
     # TMPDIR: the cluster's local-connection sockets (hq-lc-*) stay in the server directory.
     env = {**os.environ, "RUST_BACKTRACE": "0", "TMPDIR": str(directory)}
+    helper = [sys.executable, "-m", "qflow.testing.hq_server", str(directory)]
     with open(directory / LOG_FILE, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), str(directory), "--cores", str(cores)],
+            [*helper, "--cores", str(cores)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -164,35 +152,6 @@ def stop_server(server: HqServer) -> int | None:
                 os.kill(server.pid, signal.SIGKILL)
             process.wait()
     return process.returncode
-
-
-# -- the pytest fixture ---------------------------------------------------------------------
-
-_shared: HqServer | None = None
-_users = 0
-
-
-@pytest.fixture(scope="session")
-def hq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HqServer]:
-    """A running HyperQueue server with one 2-core worker, shared by the whole session.
-
-    Shared even when the fixture is registered twice (conftest and a test module).
-    """
-    global _shared, _users
-    if _shared is None:
-        try:
-            _shared = start_server(tmp_path_factory.mktemp("hq-server"), cores=2)
-        except HqUnavailable as exc:
-            pytest.skip(f"no local HyperQueue server: {exc}")
-    _users += 1
-    server = _shared
-    try:
-        yield server
-    finally:
-        _users -= 1
-        if _users == 0:
-            _shared = None
-            stop_server(server)
 
 
 # -- the helper process -----------------------------------------------------------------------

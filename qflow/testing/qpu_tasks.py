@@ -1,4 +1,4 @@
-"""Helpers shared by the quantum-connector tests: run async tests, wait for a task's end."""
+"""For tests of quantum connectors: run an async test with a bound, wait for a task's end."""
 
 from __future__ import annotations
 

@@ -1,0 +1,66 @@
+"""pytest plugin: the session-wide fixtures that start real services on this host.
+
+Enable it with ``pytest_plugins = ["qflow.testing.pytest_plugin"]`` in the top-level
+conftest.py (tests/conftest.py does). Each service is started on first use and stopped at the
+end of the session (also after failures and Ctrl-C); where it cannot run here, the tests that
+use it are skipped with the reason.
+
+* ``slurm_cluster`` — a Slurm cluster (:mod:`qflow.testing.slurm_cluster`);
+* ``hq_server`` — a HyperQueue server with one 2-core worker (:mod:`qflow.testing.hq_server`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from qflow.testing.hq_server import HqServer, HqUnavailable, start_server, stop_server
+from qflow.testing.slurm_cluster import (
+    ClusterUnavailable,
+    SlurmCluster,
+    start_cluster,
+    stop_cluster,
+)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A running Slurm cluster: ``.conf`` (slurm.conf), ``.env`` (with SLURM_CONF), ``.dir``."""
+    directory = tmp_path_factory.mktemp("slurm-cluster")
+    try:
+        cluster = start_cluster(directory)
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no local Slurm cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        stop_cluster(directory)
+
+
+_shared: HqServer | None = None
+_users = 0
+
+
+@pytest.fixture(scope="session")
+def hq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HqServer]:
+    """A running HyperQueue server with one 2-core worker, shared by the whole session.
+
+    Shared even when the fixture is registered twice (this plugin and a test module that
+    imports it).
+    """
+    global _shared, _users
+    if _shared is None:
+        try:
+            _shared = start_server(tmp_path_factory.mktemp("hq-server"), cores=2)
+        except HqUnavailable as exc:
+            pytest.skip(f"no local HyperQueue server: {exc}")
+    _users += 1
+    server = _shared
+    try:
+        yield server
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared = None
+            stop_server(server)
