@@ -124,8 +124,9 @@ def task_outcome(
         message = f"HyperQueue job {job_id} was cancelled"
     elif reason == "signal":
         sig = record.get("signal")
-        with contextlib.suppress(ValueError, TypeError):
-            sig = signal.Signals(sig).name
+        if isinstance(sig, int):
+            with contextlib.suppress(ValueError):
+                sig = signal.Signals(sig).name
         message = (
             f"HyperQueue job {job_id}{where} was ended by HyperQueue ({sig} to its task, e.g. "
             "its worker or server stopped)"

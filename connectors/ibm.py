@@ -24,8 +24,8 @@ The SDK is an optional extra (``pip install 'qflow[ibm]'``): without it this mod
 imports, but validating a location that uses it, and :meth:`IbmConnector.start`, say which
 extra to install.
 
-The QAOA circuit is built by :mod:`~qflow.connectors.ibm_qaoa`, OpenQASM programs are read
-and counts decoded by :mod:`~qflow.connectors.ibm_circuits`; the helpers shared with the
+The QAOA circuit is built by :mod:`~qflow.connectors.qiskit_qaoa`, OpenQASM programs are read
+and counts decoded by :mod:`~qflow.connectors.qiskit_circuits`; the helpers shared with the
 ``pasqal`` and ``qrmi`` connectors (QUBO tasks, the task book, the SDK check, worker threads)
 are in :mod:`~qflow.connectors.qubo`, :mod:`~qflow.connectors.task_book`,
 :mod:`~qflow.connectors.sdk_extras` and :mod:`~qflow.connectors.sdk_threads`; the names
@@ -40,39 +40,25 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from qflow.connectors.ibm_circuits import counts_of, parse_sampler
-from qflow.connectors.ibm_qaoa import cost_operator, plan_qaoa, qaoa_circuit
+from qflow.connectors.qiskit_circuits import counts_of, parse_sampler
+from qflow.connectors.qiskit_qaoa import plan_qaoa, qaoa_circuit
 from qflow.connectors.qubo import Qubo, parse_qubo, qubo_result, refuse_larger
 from qflow.connectors.sdk_extras import (
+    IBM_EXTRA,
+    IBM_MODULES,
     MissingExtra,
     check_extra,
     import_extra,
-    missing_modules,
     require_extra,
 )
 from qflow.connectors.sdk_threads import in_worker
 from qflow.connectors.task_book import BookedTasks, BookTask, TaskBook, Work
-from qflow.connectors.task_errors import ResultNotReady, TaskRefused
-from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig
+from qflow.connectors.task_errors import TaskRefused
+from qflow.qpu_client import QuboResult
+from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskBody
 from qflow.secrets import SecretReference, redact, resolve_secret
 
-__all__ = [  # the connector, and the names tests and vendor code import from here
-    "IBM_EXTRA",
-    "IBM_MODULES",
-    "IbmConfig",
-    "IbmConnector",
-    "MissingExtra",
-    "ResultNotReady",
-    "TaskRefused",
-    "cost_operator",
-    "missing_modules",
-    "parse_qubo",
-    "plan_qaoa",
-    "qaoa_circuit",
-]
-
-IBM_EXTRA = "ibm"
-IBM_MODULES = ("qiskit", "qiskit_ibm_runtime", "qiskit_aer")
+__all__ = ["IbmConfig", "IbmConnector"]
 
 
 class IbmConfig(QuantumLocationConfig):
@@ -221,7 +207,7 @@ class IbmConnector(BookedTasks, QuantumConnector[IbmConfig]):
         task.checkpoint()
         return result
 
-    def _run_qubo(self, task: BookTask, qubo: Qubo) -> dict[str, Any]:
+    def _run_qubo(self, task: BookTask, qubo: Qubo) -> QuboResult:
         began = time.perf_counter()
         plan = plan_qaoa(qubo, self.config.reps)
         task.note(
@@ -251,7 +237,7 @@ class IbmConnector(BookedTasks, QuantumConnector[IbmConfig]):
         }
 
     # -- the QuantumConnector contract ---------------------------------------------------------
-    def check_task(self, task: dict[str, Any]) -> tuple[str, Work]:
+    def check_task(self, task: TaskBody) -> tuple[str, Work]:
         """Validate a task and return its kind and the work to run (raises TaskRefused)."""
         kind = task.get("kind", "qubo")
         qubits = self._require_started().num_qubits
@@ -279,7 +265,7 @@ class IbmConnector(BookedTasks, QuantumConnector[IbmConfig]):
             f"(supported: {', '.join(self.task_kinds)})"
         )
 
-    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+    async def task_start(self, task: TaskBody, idempotency_key: str) -> str:
         existing = self.book.find(task, idempotency_key)
         if existing is not None:
             return existing.id
@@ -303,28 +289,6 @@ class IbmConnector(BookedTasks, QuantumConnector[IbmConfig]):
             pending=pending + int(getattr(state, "pending_jobs", 0) or 0),
             detail=f"{self.backend_name}: {getattr(state, 'status_msg', '')}",
         )
-
-    async def target(self) -> dict[str, Any]:
-        backend = self._require_started()
-        coupling = backend.coupling_map
-        return {
-            "backend": self.backend_name,
-            "mode": self.config.mode,
-            "num_qubits": backend.num_qubits,
-            "basis_gates": sorted(backend.operation_names),
-            "coupling_map": [list(e) for e in coupling.get_edges()] if coupling else None,
-            "kinds": list(self.task_kinds),
-            "max_variables": min(self.config.max_variables, backend.num_qubits),
-        }
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            **super().metadata(),
-            "mode": self.config.mode,
-            "backend": self.backend_name,
-            "shots": self.config.shots,
-            "reps": self.config.reps,
-        }
 
 
 def _usage(job: Any) -> float | None:

@@ -36,14 +36,19 @@ def _open_redirections(job: JobSpec) -> tuple[Any, Any, Any]:
 
 def _close(*files: IO[Any] | int) -> None:
     for f in files:
-        if hasattr(f, "close") and f is not sys.stderr:
-            f.close()  # type: ignore[union-attr]
+        if not isinstance(f, int) and f is not sys.stderr:
+            f.close()
 
 
 def kill_process_group(pid: int, sig: int) -> None:
     """Signal a whole process group; a group that is already gone is not an error."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
@@ -54,7 +59,7 @@ async def wait_exit(proc: subprocess.Popen[bytes]) -> int:
     fd = os.pidfd_open(proc.pid)
     try:
         exited = loop.create_future()
-        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        loop.add_reader(fd, _set_once, exited)
         try:
             await exited
         finally:

@@ -39,7 +39,8 @@ from qflow.connectors.sdk_extras import MissingExtra, check_extra, import_extra,
 from qflow.connectors.sdk_threads import in_worker
 from qflow.connectors.task_book import BookedTasks, BookTask, TaskBook
 from qflow.connectors.task_errors import TaskRefused
-from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig
+from qflow.qpu_client import QuboResult
+from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskBody
 from qflow.secrets import SecretReference, redact, resolve_secret
 
 PASQAL_EXTRA = "pasqal"
@@ -172,7 +173,7 @@ class PasqalConnector(BookedTasks, QuantumConnector[PasqalConfig]):
         return self.device
 
     # -- execution (worker thread) -------------------------------------------------------------
-    def _run_qubo(self, task: BookTask, qubo: Qubo, embedding: Embedding) -> dict[str, Any]:
+    def _run_qubo(self, task: BookTask, qubo: Qubo, embedding: Embedding) -> QuboResult:
         sequence = build_sequence(embedding, self.device, self.config.duration)
         task.note(
             f"{qubo.num_variables} atoms on {self.device.name}: blockade radius "
@@ -202,7 +203,7 @@ class PasqalConnector(BookedTasks, QuantumConnector[PasqalConfig]):
         )
 
     # -- the QuantumConnector contract ---------------------------------------------------------
-    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+    async def task_start(self, task: TaskBody, idempotency_key: str) -> str:
         device = self._require_started()
         existing = self.book.find(task, idempotency_key)
         if existing is not None:
@@ -238,23 +239,3 @@ class PasqalConnector(BookedTasks, QuantumConnector[PasqalConfig]):
             pending=pending,
             detail=f"{device.name}: {where}",
         )
-
-    async def target(self) -> dict[str, Any]:
-        d = self._require_started()
-        return {
-            "device": d.name,
-            "mode": self.config.mode,
-            "max_atoms": min(self.config.max_atoms, d.max_atom_num or self.config.max_atoms),
-            "min_atom_distance": d.min_atom_distance,
-            "max_radial_distance": d.max_radial_distance,
-            "channels": sorted(d.channels),
-            "kinds": list(self.task_kinds),
-        }
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            **super().metadata(),
-            "mode": self.config.mode,
-            "device": self.config.device,
-            "shots": self.config.shots,
-        }

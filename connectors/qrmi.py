@@ -2,9 +2,9 @@
 
 QRMI (``pip install qrmi``, a Rust core with Python bindings) drives IBM Quantum (Quantum
 Compute Service, Qiskit Runtime Service, Quantum System), Pasqal (cloud, local), IQM,
-Alice & Bob, OQTOPUS, ... through one ``QuantumResource`` API whose methods qflow's contract
-mirrors one to one: acquire/release, task_start/status/result/stop/logs, target, metadata,
-status.
+Alice & Bob, OQTOPUS, ... through one ``QuantumResource`` API whose task methods qflow's
+contract mirrors one to one: task_start/status/result/stop/logs and status. (QRMI's
+acquire/release are not used: the gateway's lease is qflow's acquisition of a QPU.)
 
 Configuration: ``resource`` (the resource id, e.g. a backend name), ``type`` (as QRMI spells
 it: ``ibm-quantum-compute-service``, ``pasqal-cloud``, ...), ``environment`` (QRMI's
@@ -41,13 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-from qflow.connectors.ibm import IBM_MODULES
 from qflow.connectors.qrmi_config import (
     IBM_TYPES,
     PASQAL_TYPES,
@@ -60,11 +58,11 @@ from qflow.connectors.qrmi_payloads import task_payload
 from qflow.connectors.qrmi_resource import open_resource
 from qflow.connectors.qrmi_results import decode_result
 from qflow.connectors.qubo import Qubo
-from qflow.connectors.sdk_extras import check_extra, extra_message, missing_modules
+from qflow.connectors.sdk_extras import IBM_MODULES, check_extra, extra_message, missing_modules
 from qflow.connectors.sdk_threads import in_worker
 from qflow.connectors.task_book import fingerprint, reused_key
 from qflow.connectors.task_errors import ResultNotReady, TaskNotFound, TaskRefused
-from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, TaskInfo, TaskState
+from qflow.quantum import FINAL_STATES, QpuStatus, QuantumConnector, TaskBody, TaskInfo, TaskState
 from qflow.secrets import REFERENCE, redact, resolve_secret
 
 STATES: dict[str, TaskState] = {
@@ -113,7 +111,6 @@ class QrmiConnector(QuantumConnector[QrmiConfig]):
         self._submit: asyncio.Lock | None = None
         self._tasks: dict[str, QrmiTask] = {}
         self._by_key: dict[str, QrmiTask] = {}
-        self._metadata: dict[str, Any] = {}
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -158,12 +155,12 @@ class QrmiConnector(QuantumConnector[QrmiConfig]):
 
         self._qrmi = qrmi
         settings = self._settings()
-        kind = getattr(qrmi.ResourceType, RESOURCE_TYPES[self.config.type])
+        # ResourceType is in qrmi's compiled core, which ships no type stub
+        kind = getattr(qrmi.ResourceType, RESOURCE_TYPES[self.config.type])  # type: ignore[attr-defined]
         try:
             self._resource = await in_worker(
                 open_resource, qrmi, self.config.resource, kind, settings
             )
-            self._metadata = dict(await self._call("metadata", self._resource.metadata))
         except QrmiTaskError:
             raise
         except Exception as exc:
@@ -199,7 +196,7 @@ class QrmiConnector(QuantumConnector[QrmiConfig]):
         return self._backend
 
     # -- the QuantumConnector contract ---------------------------------------------------------
-    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+    async def task_start(self, task: TaskBody, idempotency_key: str) -> str:
         if self._resource is None:
             raise QrmiTaskError(f"QPU {self.location}: connector used before start()")
         kind = task.get("kind", "qubo")
@@ -312,12 +309,6 @@ class QrmiConnector(QuantumConnector[QrmiConfig]):
             raise
         return self._scrub(str(text))
 
-    async def acquire(self) -> str:
-        return str(await self._call("acquire", self._resource.acquire))
-
-    async def release(self, acquisition: str) -> None:
-        await self._call("release", self._resource.release, acquisition)
-
     async def status(self) -> QpuStatus:
         raw = await self._call("status", self._resource.status)
         data = raw.to_dict() if hasattr(raw, "to_dict") else {}
@@ -333,34 +324,3 @@ class QrmiConnector(QuantumConnector[QrmiConfig]):
             detail=f"{self.config.resource}: {code or 'unknown'}"
             + (f" ({data['status_reason']})" if data.get("status_reason") else ""),
         )
-
-    async def target(self) -> dict[str, Any]:
-        raw = await self._call("target", self._resource.target)
-        try:
-            body: Any = json.loads(raw.value)
-        except ValueError:
-            body = raw.value
-        summary: dict[str, Any] = {
-            "resource": self.config.resource,
-            "type": self.config.type,
-            "kinds": list(self.kinds),
-        }
-        conf = body.get("configuration") if isinstance(body, dict) else None
-        if isinstance(conf, dict):  # IBM: configuration + properties, large; keep the essence
-            summary.update(
-                num_qubits=conf.get("n_qubits"),
-                basis_gates=conf.get("basis_gates"),
-                coupling_map=conf.get("coupling_map"),
-                max_variables=min(self.config.max_variables, conf.get("n_qubits") or 0),
-            )
-        else:
-            summary["target"] = body
-        return summary
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            **super().metadata(),
-            "resource": self.config.resource,
-            "type": self.config.type,
-            **{f"qrmi_{k}": v for k, v in self._metadata.items()},
-        }

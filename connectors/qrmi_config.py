@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from qflow.connectors.ibm import IBM_MODULES
-from qflow.connectors.sdk_extras import missing_modules, require_extra
+from qflow.connectors.sdk_extras import IBM_MODULES, missing_modules, require_extra
 from qflow.quantum import QuantumLocationConfig
 from qflow.secrets import REFERENCE, SecretReference, check_reference
 

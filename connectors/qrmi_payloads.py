@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from qflow.connectors.ibm_circuits import parse_sampler
-from qflow.connectors.ibm_qaoa import plan_qaoa, qaoa_circuit
+from qflow.connectors.qiskit_circuits import parse_sampler
+from qflow.connectors.qiskit_qaoa import plan_qaoa, qaoa_circuit
 from qflow.connectors.qrmi_config import QrmiConfig
 from qflow.connectors.qubo import Qubo, parse_qubo, refuse_larger
 from qflow.connectors.task_errors import TaskRefused

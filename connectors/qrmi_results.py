@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from qflow.connectors.ibm_circuits import counts_of
+from qflow.connectors.qiskit_circuits import counts_of
 from qflow.connectors.qubo import Qubo, qubo_result
+from qflow.quantum import TaskResult
 
 
-def decode_result(kind: str, text: str, qubo: Qubo | None, where: str, reps: int) -> dict[str, Any]:
+def decode_result(kind: str, text: str, qubo: Qubo | None, where: str, reps: int) -> TaskResult:
     """The result of a ``kind`` task from QRMI's text; ``where`` names the resource."""
     if kind in ("qubo", "sampler"):
         try:

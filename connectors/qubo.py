@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from qflow.connectors.task_errors import TaskRefused
+from qflow.qpu_client import QuboResult
 
+MAX_QUBO_VARIABLES = 100_000
 MAX_QUBO_TERMS = 100_000
+MAX_NUM_READS = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Qubo:
     terms: tuple[tuple[int, int, float], ...]
     """(i, j, value) with i <= j; duplicates are summed; i == j: linear."""
     num_reads: int | None = None
+    num_sweeps: int | None = None
     seed: int | None = None
 
     def energy(self, bits: Sequence[int]) -> float:
@@ -67,7 +71,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def int_field(task: dict[str, Any], key: str, default: int | None, low: int, high: int) -> Any:
+def int_field(task: Mapping[str, Any], key: str, default: int | None, low: int, high: int) -> Any:
     """An optional integer field of a task within [low, high]; ``default`` when absent."""
     value = task.get(key)
     if value is None:
@@ -77,14 +81,18 @@ def int_field(task: dict[str, Any], key: str, default: int | None, low: int, hig
     return value
 
 
-def parse_qubo(task: dict[str, Any]) -> Qubo:
-    """Check a ``qubo`` task (docs/connectors.md); other fields (num_sweeps, ...) are ignored."""
-    n = int_field(task, "num_variables", None, 1, 100_000)
+def parse_qubo(task: Mapping[str, Any]) -> Qubo:
+    """Check a ``qubo`` task (:class:`~qflow.qpu_client.QuboTask`): the one validator of the
+    QUBO shape, used by the gateway, the vendor connectors and the emulator. Fields other
+    than the QUBO's own (kind, backend, ...) are the caller's to check."""
+    n = int_field(task, "num_variables", None, 1, MAX_QUBO_VARIABLES)
     if n is None:
         raise TaskRefused("num_variables is required for kind 'qubo'")
     terms = task.get("qubo")
-    if not isinstance(terms, list):
+    if terms is None:
         raise TaskRefused("qubo is required for kind 'qubo': a list of [i, j, value] terms")
+    if not isinstance(terms, list):
+        raise TaskRefused(f"qubo must be a list of [i, j, value] terms, got {terms!r:.80}")
     if len(terms) > MAX_QUBO_TERMS:
         raise TaskRefused(f"qubo has {len(terms)} terms, more than {MAX_QUBO_TERMS}")
     summed: dict[tuple[int, int], float] = {}
@@ -93,9 +101,12 @@ def parse_qubo(task: dict[str, Any]) -> Qubo:
             raise TaskRefused(f"qubo[{k}] must be a list [i, j, value], got {term!r}")
         i, j, value = term
         for name, index in (("i", i), ("j", j)):
-            if not _is_int(index) or not 0 <= index < n:
+            if not _is_int(index):
+                raise TaskRefused(f"qubo[{k}]: index {name} must be an integer, got {index!r}")
+            if not 0 <= index < n:
                 raise TaskRefused(
-                    f"qubo[{k}]: index {name}={index!r} must be an integer from 0 to {n - 1}"
+                    f"qubo[{k}]: index {name}={index} is out of range for num_variables={n} "
+                    f"(valid: 0 to {n - 1})"
                 )
         if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
             raise TaskRefused(f"qubo[{k}]: value must be a finite number, got {value!r}")
@@ -104,7 +115,8 @@ def parse_qubo(task: dict[str, Any]) -> Qubo:
     return Qubo(
         num_variables=n,
         terms=tuple((i, j, v) for (i, j), v in sorted(summed.items())),
-        num_reads=int_field(task, "num_reads", None, 1, 1_000_000),
+        num_reads=int_field(task, "num_reads", None, 1, MAX_NUM_READS),
+        num_sweeps=int_field(task, "num_sweeps", None, 1, 1_000_000),
         seed=int_field(task, "seed", None, 0, 2**32 - 1),
     )
 
@@ -140,16 +152,14 @@ def refuse_larger(qubo: Qubo, limit: int, location: str, why: str) -> None:
 
 def qubo_result(
     qubo: Qubo, counts: dict[str, int], solver: str, num_reads: int, **extra: Any
-) -> dict[str, Any]:
+) -> QuboResult:
     """The result of a ``qubo`` task from measured counts (keys: variable 0 rightmost)."""
     sample, energy, hits = best_of_counts(qubo, counts)
-    return {
+    result: QuboResult = {
         "kind": "qubo",
         "best_sample": sample,
         "best_energy": energy,
         "solver": solver,
         "num_reads": num_reads,
-        "num_distinct": len(counts),
-        "best_count": hits,
-        **extra,
     }
+    return cast(QuboResult, {**result, "num_distinct": len(counts), "best_count": hits, **extra})

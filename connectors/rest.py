@@ -24,6 +24,7 @@ from qflow.quantum import (
     QuantumConfigT,
     QuantumConnector,
     QuantumLocationConfig,
+    TaskBody,
     TaskInfo,
 )
 from qflow.secrets import SecretReference, redact, resolve_secret
@@ -282,7 +283,7 @@ class RestClient(QuantumConnector[QuantumConfigT]):
             task_seconds=_float(task_seconds) if task_seconds is not None else None,
         )
 
-    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+    async def task_start(self, task: TaskBody, idempotency_key: str) -> str:
         body = dict(task)
         if self.endpoint.backend and not body.get("backend"):
             body["backend"] = self.endpoint.backend
@@ -327,17 +328,6 @@ class RestClient(QuantumConnector[QuantumConfigT]):
     async def task_logs(self, task_id: str) -> str:
         data = await self._call("GET", f"/tasks/{_quote(task_id)}/logs")
         return self._scrub(data.decode("utf-8", errors="replace"))
-
-    async def target(self) -> dict[str, Any]:
-        data = await self._object("GET", "/status")
-        return {
-            "backend": self.endpoint.backend or data.get("default_backend"),
-            "backends": data.get("backends", {}),
-            "kinds": data.get("kinds", list(self.task_kinds)),
-        }
-
-    def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "url": self.endpoint.url, "backend": self.endpoint.backend}
 
 
 class RestQpuConnector(RestClient[RestConfig]):

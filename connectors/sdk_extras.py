@@ -12,6 +12,11 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+IBM_EXTRA = "ibm"
+IBM_MODULES = ("qiskit", "qiskit_ibm_runtime", "qiskit_aer")
+"""What the ``ibm`` extra installs: the ibm connector needs all three, qrmi's IBM task kinds
+the first two."""
+
 
 class MissingExtra(ImportError):
     """The connector's SDK is not installed; the message names the extra to install."""

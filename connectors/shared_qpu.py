@@ -11,15 +11,15 @@ from typing import Any, NoReturn
 
 from pydantic import Field
 
-from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
+from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskBody, TaskInfo
 from qflow.secrets import SecretReference
 
 
 class SharedQpuConfig(QuantumLocationConfig):
-    gateway: str = Field(  # type: ignore[assignment]
+    gateway: str = Field(
         description="URL of the site-wide QPU gateway (qflow gateway) that serves this QPU."
     )
-    gateway_token: SecretReference = Field(  # type: ignore[assignment]
+    gateway_token: SecretReference = Field(
         description="The gateway's admin token, as a reference: ${env:NAME} or ${file:PATH}."
     )
 
@@ -38,7 +38,7 @@ class SharedQpu(QuantumConnector[SharedQpuConfig]):
     async def status(self) -> QpuStatus:
         self._remote()
 
-    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+    async def task_start(self, task: TaskBody, idempotency_key: str) -> str:
         self._remote()
 
     async def task_status(self, task_id: str) -> TaskInfo:

@@ -141,11 +141,11 @@ def batch_script(cfg: SlurmConfig, job: JobSpec, plan: Plan, srun: str) -> str:
     runner = ["/usr/bin/env", *" ".join(unset).split(), *odd]
     prefix = ""
     if job.resources.mpi_procs:
-        srun = [srun, "--export=ALL", f"--ntasks={job.resources.mpi_procs}"]
+        launch = [srun, "--export=ALL", f"--ntasks={job.resources.mpi_procs}"]
         cpus = cpus_per_task(job.resources.cores, cfg.cpus)
         if cpus:
-            srun.append(f"--cpus-per-task={cpus}")
-        prefix = " ".join(q(a) for a in srun) + " "
+            launch.append(f"--cpus-per-task={cpus}")
+        prefix = " ".join(q(a) for a in launch) + " "
     stdin = q(job.stdin_path) if job.stdin_path else "/dev/null"
     cap = q(plan.capture_file) if plan.capture_file else None
     if job.stdout_path and job.stderr_path:

@@ -19,11 +19,11 @@ from typing import Any
 
 from qflow.connectors.sdk_threads import in_worker
 from qflow.connectors.task_errors import ResultNotReady, TaskCancelled, TaskNotFound, TaskRefused
-from qflow.quantum import TaskInfo, TaskState
+from qflow.quantum import TaskBody, TaskInfo, TaskResult, TaskState
 from qflow.secrets import redact
 
 
-def fingerprint(task: dict[str, Any]) -> str:
+def fingerprint(task: TaskBody) -> str:
     """What makes two submissions the same task (compared under one idempotency key)."""
     return hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -77,7 +77,7 @@ class BookTask:
         )
 
 
-Work = Callable[[BookTask], dict[str, Any]]
+Work = Callable[[BookTask], TaskResult]
 
 
 class TaskBook:
@@ -96,7 +96,7 @@ class TaskBook:
         self._by_key: dict[str, BookTask] = {}
         self._lock: asyncio.Lock | None = None
 
-    def find(self, task: dict[str, Any], key: str) -> BookTask | None:
+    def find(self, task: TaskBody, key: str) -> BookTask | None:
         """The task submitted before under ``key`` (None: a new key); a different task under
         a known key is refused."""
         existing = self._by_key.get(key)
@@ -104,7 +104,7 @@ class TaskBook:
             raise reused_key(key, existing.id)
         return existing
 
-    def submit(self, task: dict[str, Any], key: str, kind: str, work: Work) -> BookTask:
+    def submit(self, task: TaskBody, key: str, kind: str, work: Work) -> BookTask:
         existing = self.find(task, key)
         if existing is not None:
             return existing

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -241,21 +241,3 @@ class Connector(abc.ABC, Generic[ConfigT]):
         On ``asyncio.CancelledError`` it must stop the job and free its resources, then
         re-raise.
         """
-
-
-_MOVED_TO_REGISTRY = frozenset(
-    {"ENTRY_POINT_GROUP", "UnknownConnectorError", "connector_class", "registry"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    """The registry's names, once defined here: import them from :mod:`qflow.registry`.
-
-    Kept for code written against the old place (loaded on first use: the registry imports
-    this module, not the other way round).
-    """
-    if name in _MOVED_TO_REGISTRY:
-        import qflow.registry
-
-        return getattr(qflow.registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

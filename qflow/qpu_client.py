@@ -35,15 +35,49 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 __all__ = [
     "QpuClient",
     "QpuClientError",
     "QpuTaskFailed",
     "QpuTimeout",
+    "QuboResult",
+    "QuboTask",
     "solve_qubo",
 ]
+
+
+class QuboTask(TypedDict):
+    """The body of a ``qubo`` task: minimise Σ value·x_i·x_j over x ∈ {0, 1}^num_variables.
+
+    Every QPU connector takes it; the gateway checks it (one validator:
+    :func:`qflow.connectors.qubo.parse_qubo`) before a connector sees it.
+    """
+
+    kind: Literal["qubo"]
+    qubo: list[list[float]]
+    """``[i, j, value]`` terms, integer indices from 0; ``i == j`` is a linear term."""
+    num_variables: int
+    num_reads: NotRequired[int]
+    num_sweeps: NotRequired[int]
+    """Annealing sweeps per read, for QPUs that anneal (the emulator); others ignore it."""
+    seed: NotRequired[int]
+    backend: NotRequired[str]
+    """The QPU's backend to run on; omitted: the location's."""
+
+
+class QuboResult(TypedDict):
+    """The result of a completed ``qubo`` task (QPUs may add fields of their own)."""
+
+    kind: Literal["qubo"]
+    best_sample: list[int]
+    """One 0/1 per variable: the lowest-energy assignment measured."""
+    best_energy: float
+    solver: str
+    """What produced it, e.g. ``emulator:superconducting/simulated-annealing``."""
+    num_reads: int
+
 
 URL_ENV = "QFLOW_QPU_URL"
 TOKEN_ENV = "QFLOW_QPU_TOKEN"
@@ -304,7 +338,7 @@ def solve_qubo(
     seed: int | None = None,
     backend: str | None = None,
     key: str | None = None,
-) -> dict[str, Any]:
+) -> QuboResult:
     """Minimise a QUBO on the QPU: one task of kind ``qubo`` (docs/connectors.md).
 
     ``terms``: ``[i, j, value]`` with ``i <= j`` (``i == j``: linear), variables ``0 ..
@@ -312,13 +346,13 @@ def solve_qubo(
     the result, checked: ``best_sample`` (one 0/1 per variable), ``best_energy``,
     ``solver``, and whatever else the QPU reports.
     """
-    task: dict[str, Any] = {
-        "kind": "qubo",
-        "qubo": [[int(i), int(j), float(v)] for i, j, v in terms],
-        "num_variables": int(num_variables),
-    }
     options = {"num_reads": num_reads, "num_sweeps": num_sweeps, "seed": seed, "backend": backend}
-    task.update({name: value for name, value in options.items() if value is not None})
+    task = QuboTask(
+        kind="qubo",
+        qubo=[[int(i), int(j), float(v)] for i, j, v in terms],
+        num_variables=int(num_variables),
+        **{name: value for name, value in options.items() if value is not None},  # type: ignore[typeddict-item]
+    )
     result = client.run(task, key)
     sample = _field(result, "best_sample", list, "the task's result")
     _field(result, "best_energy", (int, float), "the task's result")
@@ -327,7 +361,7 @@ def solve_qubo(
             f"QPU client: the task's best_sample is not one 0/1 per variable "
             f"({num_variables}): {str(sample)[:200]}"
         )
-    return result
+    return cast(QuboResult, result)
 
 
 def _task_path(task_id: str, action: str = "") -> str:

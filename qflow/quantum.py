@@ -1,7 +1,8 @@
 """The quantum-connector contract: how quantum tasks reach a QPU.
 
-It mirrors QRMI's ``QuantumResource`` (status with capacity and pending jobs, acquire,
-release, task_start/status/result/stop/logs, target, metadata), as async methods. A QPU
+Its task methods mirror QRMI's ``QuantumResource`` (task_start/status/result/stop/logs, and
+status with capacity and pending jobs), as async methods. QRMI's acquire/release have no
+counterpart: qflow acquires a QPU by a gateway lease, held only while a step uses it. A QPU
 vendor writes one subclass and registers it in the ``qflow.connectors`` entry-point group,
 next to execution connectors.
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
 
 from pydantic import Field
 
@@ -23,6 +25,15 @@ from qflow.rundir.journal import Resource
 
 TaskState = Literal["queued", "running", "completed", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+TaskBody: TypeAlias = Mapping[str, Any]
+"""A task as a step sent it, a JSON object whose ``kind`` (default ``qubo``) gives its shape:
+:class:`~qflow.qpu_client.QuboTask` for ``qubo``, the connector's documented shape for its
+other :attr:`~QuantumConnector.task_kinds`. The gateway has checked the kind against
+``task_kinds``, and a ``qubo`` task's fields, before a connector sees it."""
+TaskResult: TypeAlias = Mapping[str, Any]
+"""A completed task's result, a JSON object: :class:`~qflow.qpu_client.QuboResult` for
+``qubo``."""
 
 
 class QuantumLocationConfig(LocationConfig):
@@ -121,37 +132,32 @@ class QuantumConnector(abc.ABC, Generic[QuantumConfigT]):
     async def status(self) -> QpuStatus:
         """Reachability, capacity and queue; raises if the QPU cannot be reached."""
 
-    async def is_accessible(self) -> bool:
-        try:
-            return (await self.status()).online
-        except Exception:  # noqa: BLE001 - unreachable is an answer here
-            return False
-
-    async def acquire(self) -> str:
-        """Reserve the QPU (a session/lock where the vendor has one); returns its token."""
-        return ""
-
-    async def release(self, acquisition: str) -> None:  # noqa: B027 - optional hook
-        """Give back what :meth:`acquire` reserved."""
-
     @abc.abstractmethod
-    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
-        """Submit a task; returns the QPU's task id.
+    async def task_start(self, task: TaskBody, idempotency_key: str) -> str:
+        """Submit a task; returns the QPU's task id. Raise
+        :class:`~qflow.connectors.task_errors.TaskRefused` for a task this QPU cannot take
+        (too large, wrong shape): the step is told why and does not retry.
 
         ``idempotency_key`` is unique per logical task: a retried submission with the same
         key must not create a second task (check or pass it on to the vendor).
         """
 
     @abc.abstractmethod
-    async def task_status(self, task_id: str) -> TaskInfo: ...
+    async def task_status(self, task_id: str) -> TaskInfo:
+        """The task's state now; once final, with the QPU-seconds the vendor accounts (the
+        gateway reports them per step). Raises if the task is unknown."""
 
     @abc.abstractmethod
-    async def task_result(self, task_id: str) -> dict[str, Any]: ...
+    async def task_result(self, task_id: str) -> TaskResult:
+        """The result of a ``completed`` task; raises while it is not (or never will be)."""
 
     @abc.abstractmethod
-    async def task_stop(self, task_id: str) -> None: ...
+    async def task_stop(self, task_id: str) -> None:
+        """Stop the task if it has not ended (an ended one is left as it is); called when a
+        step is cancelled, its lease released, or a crashed run cleaned up."""
 
     async def task_logs(self, task_id: str) -> str:
+        """The QPU's log text of the task (none by default)."""
         return ""
 
     async def task_lookup(self, idempotency_key: str) -> str | None:
@@ -170,10 +176,3 @@ class QuantumConnector(abc.ABC, Generic[QuantumConfigT]):
         )
         if task_id is not None:
             await self.task_stop(task_id)
-
-    async def target(self) -> dict[str, Any]:
-        """Description of the backend (qubits, topology, ...) as the vendor gives it."""
-        return {}
-
-    def metadata(self) -> dict[str, Any]:
-        return {"connector": self.config.connector, "location": self.location}

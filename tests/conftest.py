@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from qflow.connector import Connector, registry
+from qflow.connector import Connector
 from qflow.deployment import Deployment, parse_deployment
 from qflow.engine.runner import RunResult, run_cwl
+from qflow.registry import registry
 
 # the session-scoped real services: slurm_cluster, hq_server
 pytest_plugins = ["qflow.testing.pytest_plugin"]

@@ -236,10 +236,10 @@ def test_a_qpu_failing_the_steps_submission_makes_the_step_fall_back(
     assert elapsed < 12, f"fell back after {elapsed:.1f} s"
 
 
-def test_a_task_the_qpu_refuses_is_not_retried(
+def test_a_task_no_qpu_can_take_is_refused_once_before_the_qpu(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], qpu: Qpu
 ):
-    bad = tmp_path / "bad.qubo.json"  # a term on variable 7 of 5: the QPU answers 400 bad_task
+    bad = tmp_path / "bad.qubo.json"  # a term on variable 7 of 5: the gateway answers 400
     qubo = json.loads(QUBO.read_text())
     qubo["terms"].append([7, 7, -1.0])
     bad.write_text(json.dumps(qubo))
@@ -249,7 +249,8 @@ def test_a_task_the_qpu_refuses_is_not_retried(
     assert failed["quantum"] and failed["status"] == "failed" and fallback["fallback"]
     err = capfd.readouterr().err
     assert "the QPU gateway answered 400" in err and "out of range for num_variables=5" in err
-    assert qpu.requests()["POST /v1/tasks"] == 1, "a 400 is neither retried nor resubmitted"
+    assert "POST /v1/tasks" not in qpu.requests(), "the gateway checks the QUBO, not the QPU"
+    assert err.count("the QPU gateway answered 400") == 1, "a 400 is neither retried nor resent"
     assert qpu.new_tasks() == []
 
 

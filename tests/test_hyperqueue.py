@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 from hq_slurm_crash_run import crash_once_started
 
-from qflow.connector import JobOutcome, JobSpec, Resources, connector_class
+from qflow.connector import JobOutcome, JobSpec, Resources
 from qflow.connectors import hyperqueue as hq_module
 from qflow.connectors import hyperqueue_task
 from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
+from qflow.registry import connector_class
 from qflow.rundir.journal import read_journal
 from qflow.testing.hq_server import HqServer, HqUnavailable, start_server, stop_server
 from qflow.testing.processes import process_alive

@@ -298,6 +298,13 @@ def test_through_the_gateway_with_a_step_token(url: str, tmp_path: Path) -> None
         assert qpu.result(first)["best_sample"] == [1, 0, 1, 0, 1]
         assert len(task_ids(url) - before) == 1
         assert qpu.status()["online"] is True
+        # the gateway refuses what the QPU cannot take, before the QPU is asked (400: final)
+        posts = requests_seen(url)["POST /v1/tasks"]
+        with pytest.raises(QpuClientError, match="400: .*no task of kind 'sampler'.*qubo"):
+            qpu.submit({"kind": "sampler", "circuits": []})
+        with pytest.raises(QpuClientError, match="400: .*index j=9 is out of range"):
+            qpu.submit({**TASK, "qubo": [[0, 9, 1.0]]})
+        assert requests_seen(url)["POST /v1/tasks"] == posts
         # the step token reaches its own tasks and the status, nothing of the orchestrator's
         with pytest.raises(QpuClientError, match="answered 401"):
             qpu._call("GET", "/v1/locations/qpu")

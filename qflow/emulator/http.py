@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from qflow.emulator.backends import DEFAULT_BACKEND
 from qflow.emulator.errors import ApiError
@@ -47,7 +48,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
 
 
-def _auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _auth(token: str) -> Middleware:
     expected = f"Bearer {token}".encode()
 
     @web.middleware

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +48,7 @@ class Task:
     started: float | None = None
     ended: float | None = None
     message: str | None = None
-    result: dict[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
     log: list[str] = dataclasses.field(default_factory=list)
     interrupted: threading.Event = dataclasses.field(default_factory=threading.Event)
     execution: asyncio.Task[None] | None = None

@@ -14,7 +14,6 @@ from qflow.connector import (
     ConnectorContext,
     LocationConfig,
 )
-from qflow.connectors.local import LocalConnector
 from qflow.placement import HOST
 from qflow.registry import connector_class
 from qflow.rundir.journal import NO_JOURNAL, Journal
@@ -52,9 +51,11 @@ class ConnectorPool:
             return self._connectors[location]
 
     def _create(self, location: str) -> Connector[LocationConfig]:
-        if location == HOST:
-            return LocalConnector(HOST, LocationConfig(connector="local"), self.context)
-        config = self.deployment.locations[location]
+        config = (
+            LocationConfig(connector="local")  # this host: the local connector, as registered
+            if location == HOST
+            else self.deployment.locations[location]
+        )
         cls = connector_class(config.connector)
         if not issubclass(cls, Connector):
             raise TypeError(f"location {location} is a QPU: its connector runs no command")

@@ -15,7 +15,6 @@ from cwltool.builder import INPUT_OBJ_VOCAB
 from cwltool.context import RuntimeContext
 from cwltool.errors import WorkflowException
 from cwltool.process import Process, fill_in_defaults
-from cwltool.stdfsaccess import StdFsAccess
 from cwltool.utils import normalizeFilesDirs, visit_class
 from schema_salad.exceptions import ValidationException
 from schema_salad.validate import validate_ex
@@ -35,7 +34,7 @@ def job_order_problems(
         if source
         else "give every required input on the command line: qflow run WORKFLOW -- --name value"
     )
-    fs_access = (runtime_context.make_fs_access or StdFsAccess)(runtime_context.basedir or "")
+    fs_access = runtime_context.make_fs_access(runtime_context.basedir or "")
     job = copy.deepcopy(job_order)
     try:
         fill_in_defaults(process.tool["inputs"], job, fs_access)

@@ -171,7 +171,8 @@ class ConnectorJob(CommandLineJob):
                 rc.log_dir_handler(
                     self.outdir, self.base_path_logs, self._stdout_path, self._stderr_path
                 )
-                outputs = bytes2str_in_dicts(self.collect_outputs(self.outdir, outcome.exit_code))  # type: ignore[arg-type]
+                collected = self.collect_outputs(self.outdir, outcome.exit_code)
+                outputs = cast(dict[str, Any], bytes2str_in_dicts(collected))
             except WorkflowException as err:
                 _logger.error("[job %s] Job error:\n%s", self.name, err)
                 status = "permanentFail"

@@ -123,7 +123,7 @@ def _declared_variables(job: ConnectorJob) -> set[str]:
     names: set[str] = set()
     for requirement in [*job.requirements, *job.hints]:
         if requirement.get("class") == "EnvVarRequirement":
-            envdef = requirement.get("envDef") or []
+            envdef: Any = requirement.get("envDef") or []
             if isinstance(envdef, dict):  # the map form, not normalised everywhere
                 names.update(envdef)
             else:

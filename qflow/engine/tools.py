@@ -15,7 +15,7 @@ compose without qflow interpreting any CWL itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from cwltool.command_line_tool import CallbackJob, CommandLineTool
@@ -58,7 +58,7 @@ class QflowCommandLineTool(CommandLineTool):
 
     def job(
         self, job_order: Any, output_callbacks: Any, runtimeContext: RuntimeContext
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         path = step_path_of(runtimeContext, self)
         iteration = getattr(runtimeContext, ITERATION_ATTR, None)
         dispatcher = getattr(runtimeContext, "qflow_dispatcher", None)
@@ -106,7 +106,7 @@ class QflowCommandLineTool(CommandLineTool):
         if self._quantum_tool is None:
             context = (self.qflow_loading_context or LoadingContext()).copy()
             context.construct_tool_object = make_tool
-            tool = load_tool(hint["quantum"], context)
+            tool = load_tool(str(hint["quantum"]), context)
             if not isinstance(tool, CommandLineTool):
                 raise WorkflowException(
                     f"{hint['quantum']}: a quantum implementation must be a CommandLineTool"
@@ -116,7 +116,7 @@ class QflowCommandLineTool(CommandLineTool):
         return self._quantum_tool
 
 
-def _await(future: Any) -> Iterator[None]:
+def _await(future: Any) -> Generator[None, None, Any]:
     """Yield None until a dispatcher future is done; its result, or None if it failed."""
     while not future.done():
         yield None
@@ -135,7 +135,7 @@ def _tagged(
     path: str,
     iteration: int | None,
     placement: Placement | None = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """cwltool's own job generator for ``tool``, each job tagged with where it belongs.
 
     A placement no job takes over (cwltool failed before building one, or found it in its
@@ -184,7 +184,7 @@ class TaggedWorkflowJobStep(WorkflowJobStep):
 
     def job(
         self, joborder: Any, output_callback: Any, runtimeContext: RuntimeContext
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         runtimeContext = runtimeContext.copy()
         setattr(runtimeContext, STEP_PATH_ATTR, self.path)
         if self.is_loop:
@@ -198,7 +198,7 @@ class QflowWorkflow(Workflow):
 
     def job(
         self, job_order: Any, output_callbacks: Any, runtimeContext: RuntimeContext
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         parent_path = getattr(runtimeContext, STEP_PATH_ATTR, None) or ""
         for item in super().job(job_order, output_callbacks, runtimeContext):
             if isinstance(item, WorkflowJob) and not getattr(item, "qflow_tagged", False):
@@ -209,8 +209,10 @@ class QflowWorkflow(Workflow):
             yield item
 
 
-def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Process:
-    """``construct_tool_object`` hook: qflow's classes for tools and workflows."""
+def make_tool(toolpath_object: Any, loadingContext: LoadingContext) -> Process:
+    """``construct_tool_object`` hook: qflow's classes for tools and workflows (its
+    parameter is named as cwltool's hook type names it)."""
+    loading_context = loadingContext
     cls = toolpath_object.get("class") if hasattr(toolpath_object, "get") else None
     if cls == "CommandLineTool":
         tool = QflowCommandLineTool(toolpath_object, loading_context)

@@ -16,6 +16,8 @@ import secrets
 import time
 from typing import Any
 
+from qflow.connectors.qubo import parse_qubo
+from qflow.connectors.task_errors import TaskRefused
 from qflow.gateway.leases import (
     ACCOUNTING_TIMEOUT_S,
     REQUEST_TIMEOUT_S,
@@ -31,6 +33,7 @@ from qflow.quantum import (
     QpuStatus,
     QuantumConnector,
     QuantumLocationConfig,
+    TaskBody,
     TaskInfo,
 )
 from qflow.rundir.journal import NO_JOURNAL, Journal
@@ -198,18 +201,22 @@ class Gateway:
         return info
 
     async def start_task(self, lease: Lease, task: dict[str, Any], key: str) -> str:
-        """Start a step's task at the QPU (idempotent per key); returns the gateway's id."""
+        """Start a step's task at the QPU (idempotent per key); returns the gateway's id.
+
+        Raises :class:`TaskRefused` for a task of a kind the QPU does not take, or a ``qubo``
+        task of the wrong shape, before the QPU is called."""
         gw_id = f"{lease.id}-{key}"
         if gw_id in lease.tasks:
             return gw_id
         connector = self.connectors[lease.location]
+        body = checked_task(task, connector)
         vendor_key = gw_id
         resource = self.journal.intend(
             "qpu-task", lease.location, {"idempotency_key": vendor_key}, step=lease.step
         )
         submitted = time.time()
         try:
-            qpu_id = await connector.task_start(task, vendor_key)
+            qpu_id = await connector.task_start(body, vendor_key)
         except BaseException as exc:
             found = await _quietly(connector.task_lookup(vendor_key))
             if found is None:
@@ -252,6 +259,20 @@ class Gateway:
             await self.release(lease_id)
         for location in self._started:
             await self.connectors[location].stop()
+
+
+def checked_task(task: dict[str, Any], connector: QuantumConnector[Any]) -> TaskBody:
+    """``task`` with its kind (default ``qubo``) one the QPU takes, and a ``qubo`` task's
+    fields valid; raises :class:`TaskRefused` saying what is wrong."""
+    kind = task.get("kind", "qubo")
+    if kind not in connector.task_kinds:
+        raise TaskRefused(
+            f"QPU {connector.location} takes no task of kind {kind!r} "
+            f"(it takes: {', '.join(connector.task_kinds)})"
+        )
+    if kind == "qubo":
+        parse_qubo(task)
+    return {**task, "kind": kind}
 
 
 def _mean(values: collections.deque[float]) -> float | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from qflow.connectors.task_errors import TaskRefused
 from qflow.gateway.core import Gateway
 from qflow.gateway.leases import GatewayTask, Lease, LeaseRefused
 from qflow.secrets import redact
@@ -225,15 +226,18 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
         if exc.status < 400:
             raise
         return web.json_response({"error": exc.reason}, status=exc.status)
+    except TaskRefused as exc:  # a task no QPU here can take: the step must not retry it
+        return web.json_response({"error": redact(str(exc))}, status=400)
     except Exception as exc:  # noqa: BLE001 - the QPU side failed; tell the client why
         # The QPU refused the request itself (a bad task, 4xx): the same status, so that the
         # client does not retry what cannot succeed. Anything else is 502, also a QPU refusing
         # the vendor credential (401/403: not the step's fault) or asking to slow down.
         status = getattr(exc, "status", None)
-        is_4xx = isinstance(status, int) and 400 <= status < 500
-        refused = is_4xx and status not in (401, 403, 408, 429)
+        refused = isinstance(status, int) and 400 <= status < 500
+        if not isinstance(status, int) or not refused or status in (401, 403, 408, 429):
+            status = 502
         error = redact(f"{type(exc).__name__}: {exc}")
-        return web.json_response({"error": error}, status=status if refused else 502)
+        return web.json_response({"error": error}, status=status)
 
 
 async def start_gateway(

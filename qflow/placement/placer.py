@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qflow.gateway import LeaseRefused, LeaseSummary
 from qflow.placement.estimate import (
@@ -123,9 +123,9 @@ class Placer:
                 return await self._on_qpu(request, location, lease, why)
         if not request.classical:
             raise NoPlacement(f"no location can take {request.step}: {request.why()}")
-        location = await self.slots.take(request.classical)
-        assert location is not None  # no timeout: it waited until one was free
-        return self._granted(request, location, fallback_reason=request.why() or None,
+        classical = await self.slots.take(request.classical)
+        assert classical is not None  # no timeout: it waited until one was free
+        return self._granted(request, classical, fallback_reason=request.why() or None,
                              reason="first classical candidate with a free slot")  # fmt: skip
 
     async def _first_lease(self, request: _Request) -> tuple[str, Lease] | None:
@@ -374,7 +374,7 @@ def _earliest_reason(ranked: list[Estimate]) -> str:
     return f"earliest finish: {ranked[0].describe()}" + (f"; then {others}" if others else "")
 
 
-async def _cancel_leases(qpus: QpuLeases, tasks: dict[asyncio.Future[Any], str]) -> None:
+async def _cancel_leases(qpus: QpuLeases, tasks: dict[asyncio.Task[Lease], str]) -> None:
     """Stop lease requests still waiting; give back any granted meanwhile."""
     for task in tasks:
         task.cancel()

@@ -50,8 +50,8 @@ class SlotBoard:
         event = asyncio.Event()
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         with self._lock:
-            for location in candidates:
-                self._waiting[location] += 1
+            for candidate in candidates:
+                self._waiting[candidate] += 1
         self._waiters.add(event)
         try:
             while (location := self.try_take(candidates)) is None:

@@ -127,7 +127,7 @@ def run_load(
                 started.append(
                     procs.start(cmd, stdout=out, stderr=err, cwd=REPO, env={**os.environ, **env})
                 )
-        exit_codes = []
+        exit_codes: list[int | None] = []
         for proc in started:
             left = max(1.0, timeout - (time.monotonic() - begin))
             try:

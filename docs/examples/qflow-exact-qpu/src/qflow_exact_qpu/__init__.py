@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
-from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskInfo
+from qflow.quantum import QpuStatus, QuantumConnector, QuantumLocationConfig, TaskBody, TaskInfo
 
 
 class ExactQpuConfig(QuantumLocationConfig):
@@ -49,7 +49,7 @@ class ExactQpu(QuantumConnector[ExactQpuConfig]):
         running = sum(1 for t in self._tasks.values() if t["state"] == "running")
         return QpuStatus(online=True, capacity=1, running=running, pending=self._queue.qsize())
 
-    async def task_start(self, task: dict[str, Any], idempotency_key: str) -> str:
+    async def task_start(self, task: TaskBody, idempotency_key: str) -> str:
         if idempotency_key in self._by_key:  # a retried submission: same task
             return self._by_key[idempotency_key]
         if task.get("kind") != "qubo" or int(task["num_variables"]) > self.config.max_variables:

@@ -5,6 +5,7 @@ Shared by the ``ibm`` and ``qrmi`` connectors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from qflow.connectors.qubo import int_field
@@ -36,7 +37,7 @@ def load_circuit(text: Any, index: int) -> Any:
     return circuit
 
 
-def parse_sampler(task: dict[str, Any], default_shots: int) -> tuple[list[Any], int]:
+def parse_sampler(task: Mapping[str, Any], default_shots: int) -> tuple[list[Any], int]:
     circuits = task.get("circuits")
     if not isinstance(circuits, list) or not circuits:
         raise TaskRefused("circuits is required for kind 'sampler': a list of OpenQASM programs")
