@@ -61,9 +61,9 @@ from qflow.connectors.slurm_jobs import (
 )
 from qflow.connectors.slurm_outcome import batch_outcome
 from qflow.connectors.slurm_salloc import run_in_salloc
-from qflow.connectors.slurm_script import Plan, make_plan, one_task
-from qflow.connectors.slurm_ssh import SshTransport
-from qflow.connectors.slurm_transport import LocalTransport, SlurmError, Transport, shielded
+from qflow.connectors.slurm_script import Plan, make_plan, one_task, safe_name
+from qflow.connectors.slurm_transport import SlurmError, slurm_transport
+from qflow.connectors.transport import Transport, shielded
 from qflow.rundir.journal import Resource
 
 __all__ = ["SlurmConnector", "SlurmError"]
@@ -85,9 +85,7 @@ class SlurmConnector(Connector[SlurmConfig]):
         self, location: str, config: SlurmConfig, context: ConnectorContext = STANDALONE
     ) -> None:
         super().__init__(location, config, context)
-        self.transport: Transport = (
-            SshTransport(config, location) if config.login else LocalTransport(config)
-        )
+        self.transport: Transport = slurm_transport(config, location)
         self.jobs = SlurmJobs(self.transport, location, config.poll_interval)
         self.workdir: str | None = None
         """The location's work directory (exit-status files, logs), once prepared."""
@@ -191,7 +189,7 @@ class SlurmConnector(Connector[SlurmConfig]):
                 return
             await self.transport.open()
             self.workdir, self._own_workdir = await self.transport.make_workdir(
-                self.config.workdir, self.location
+                self.config.workdir, safe_name(self.location)
             )
             self._srun = await self.transport.which("srun") or "srun"
 

@@ -40,7 +40,7 @@ from qflow.connector import AllocationRecord, JobOutcome, JobSpec, JobStartedCal
 from qflow.connectors import slurm_auto_rule as auto_rule
 from qflow.connectors.slurm_outcome import collect, read_exit_file
 from qflow.connectors.slurm_salloc import salloc, srun_script
-from qflow.connectors.slurm_transport import shielded
+from qflow.connectors.transport import shielded
 from qflow.rundir.journal import Resource
 
 if TYPE_CHECKING:

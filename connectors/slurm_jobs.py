@@ -18,7 +18,8 @@ import re
 import time
 
 from qflow.connectors.slurm_script import job_name
-from qflow.connectors.slurm_transport import SlurmError, Transport
+from qflow.connectors.slurm_transport import QUERY_ENV, SlurmError
+from qflow.connectors.transport import Transport
 from qflow.rundir.journal import Resource
 
 _logger = logging.getLogger("qflow.connectors.slurm")
@@ -78,7 +79,7 @@ class SlurmJobs:
         which = f"--jobs={','.join(ids)}" if ids else f"--name={name}"
         rc, out, err = await self.transport.run(
             ["squeue", "--noheader", "--states=all", which, f"--Format={_SQUEUE_FORMAT}"],
-            query=True,
+            env=QUERY_ENV,
         )
         if rc != 0:
             if "Invalid job id" in err:  # a single id squeue no longer knows
@@ -104,7 +105,7 @@ class SlurmJobs:
     async def lookup_finished(self, jobid: str) -> JobInfo | None:
         """The final record of a job that left ``squeue``: ``sacct -c``, then ``scontrol``."""
         rc, out, _ = await self.transport.run(
-            ["sacct", "-c", "-n", "-P", "-j", jobid, "-o", _SACCT_FIELDS], query=True
+            ["sacct", "-c", "-n", "-P", "-j", jobid, "-o", _SACCT_FIELDS], env=QUERY_ENV
         )
         if rc == 0:
             for line in reversed(out.splitlines()):
@@ -120,7 +121,7 @@ class SlurmJobs:
                         nodelist=parts[6].strip(),
                     )
         rc, out, _ = await self.transport.run(
-            ["scontrol", "show", "job", "--oneliner", jobid], query=True
+            ["scontrol", "show", "job", "--oneliner", jobid], env=QUERY_ENV
         )
         if rc == 0 and out.strip():
             fields = dict(tok.split("=", 1) for tok in out.split() if "=" in tok[1:])

@@ -29,7 +29,7 @@ from qflow.connectors.slurm_jobs import (
     JobInfo,
 )
 from qflow.connectors.slurm_script import Plan
-from qflow.connectors.slurm_transport import Transport
+from qflow.connectors.transport import Transport
 
 EXIT_FILE_WAIT_S = 1.0
 """How long a missing exit-status file is waited for (shared filesystems lag)."""

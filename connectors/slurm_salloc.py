@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 from qflow.connector import JobOutcome, JobSpec, JobStartedCallback
 from qflow.connectors.slurm_jobs import TERMINAL_STATES, JobInfo
 from qflow.connectors.slurm_outcome import collect, read_exit_file, salloc_outcome
-from qflow.connectors.slurm_transport import SlurmError, shielded
+from qflow.connectors.slurm_transport import SlurmError
+from qflow.connectors.transport import shielded
 
 if TYPE_CHECKING:
     from qflow.connectors.slurm import SlurmConnector

@@ -1,12 +1,10 @@
-"""Slurm's commands on a login node over SSH (``login: user@host``).
+"""A connector's commands on a login node over SSH (``login: user@host``).
 
 One OpenSSH master connection (``ControlMaster``) and a few long-lived remote shells on it,
 so a command costs about what it costs on the login node itself (no handshake, no start-up
 files per command). The steps' paths (working directory, redirections, ``workdir``) must be
-the same on the cluster (a shared filesystem); the default ``workdir`` is then
-``~/.qflow/slurm/...`` on the login node. ``submit: salloc`` and the held/malleable/auto
-strategies keep an ``srun`` running for each step's whole duration and are refused with
-``login`` (config validation).
+the same on the cluster (a shared filesystem); the default work directory is then
+``~/.qflow/<connector>/...`` on the login node.
 """
 
 from __future__ import annotations
@@ -18,14 +16,14 @@ import shlex
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from qflow.connectors.slurm_config import SlurmConfig
-from qflow.connectors.slurm_script import safe_name
-from qflow.connectors.slurm_transport import (
+from qflow.connectors.transport import (
     COMMAND_TIMEOUT_S,
-    SlurmError,
     Transport,
+    TransportError,
     run_command,
     shielded,
 )
@@ -36,23 +34,39 @@ SSH_SESSIONS = 4
 """Remote shells (SSH channels) of one location running commands at the same time."""
 
 
+@dataclass(frozen=True)
+class SshLogin:
+    """How to reach the login node: a connector's ``login`` keys."""
+
+    login: str
+    """``user@host``."""
+    port: int | None = None
+    key: str | None = None
+    """Private key file (``~`` expanded); with it, only that key is offered."""
+    options: tuple[str, ...] = ()
+    """OpenSSH ``-o`` options, before qflow's own (ssh keeps the first value of an option)."""
+    home_dir: str = ".qflow"
+    """Where default work directories go, under the login node's home directory."""
+
+
 class SshTransport(Transport):
-    """Slurm's commands on a login node over SSH, without a handshake or shell start per call.
+    """Commands on a login node over SSH, without a handshake or shell start per call.
 
     ``open`` starts an OpenSSH master connection (``ControlMaster``) in the background. The
     commands then go through a small pool of long-lived remote shells (``/bin/sh`` reading
     its standard input, each an SSH channel of the master connection): a command costs what
-    the Slurm command itself costs, not an ``ssh`` process plus the login shell's start-up
+    the command itself costs, not an ``ssh`` process plus the login shell's start-up
     files (``~/.bashrc`` is read once per shell; it was measured at 130 ms per command here).
-    Each command runs as ``env -i PATH=... HOME=... USER=... LOGNAME=... [SLURM_CONF=...]
-    COMMAND``, so the login node's environment does not reach the jobs either. ``close``
-    ends the shells and the master (``ssh -O exit``); if qflow dies, the master exits by
-    itself after ``ControlPersist`` idle seconds and the shells with their connection.
+    Each command runs as ``env -i PATH=... HOME=... USER=... LOGNAME=... [VARIABLES]
+    COMMAND``, so the login node's environment does not reach the jobs either. ``close`` ends
+    the shells and the master (``ssh -O exit``); if qflow dies, the master exits by itself
+    after ``ControlPersist`` idle seconds and the shells with their connection.
     """
 
-    def __init__(self, cfg: SlurmConfig, location: str) -> None:
-        super().__init__(cfg)
-        self.login = cfg.login or ""
+    def __init__(self, ssh: SshLogin, location: str, env: Mapping[str, str]) -> None:
+        super().__init__(env)
+        self.ssh = ssh
+        self.login = ssh.login
         self.location = location
         self._control_dir: str | None = None
         self._slots = asyncio.Semaphore(SSH_SESSIONS)
@@ -64,7 +78,7 @@ class SshTransport(Transport):
             # short and private: the control socket path must stay under ~100 characters
             self._control_dir = tempfile.mkdtemp(prefix="qfssh-", dir="/tmp")
         # ssh takes the first value given for an option: the user's options come first
-        opts = [arg for option in self.cfg.ssh_options for arg in ("-o", option)]
+        opts = [arg for option in self.ssh.options for arg in ("-o", option)]
         opts += [
             "-o",
             "BatchMode=yes",
@@ -81,10 +95,10 @@ class SshTransport(Transport):
             "-o",
             "ConnectTimeout=20",
         ]
-        if self.cfg.ssh_port:
-            opts += ["-p", str(self.cfg.ssh_port)]
-        if self.cfg.ssh_key:
-            opts += ["-i", str(Path(self.cfg.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+        if self.ssh.port:
+            opts += ["-p", str(self.ssh.port)]
+        if self.ssh.key:
+            opts += ["-i", str(Path(self.ssh.key).expanduser()), "-o", "IdentitiesOnly=yes"]
         return opts
 
     async def open(self) -> None:
@@ -116,7 +130,7 @@ class SshTransport(Transport):
             err = errfile.read().decode(errors="replace").strip()
         if rc != 0:
             await self.close()
-            raise SlurmError(
+            raise TransportError(
                 f"location {self.location}: cannot open SSH to {self.login}: {err or f'exit {rc}'}"
             )
 
@@ -164,13 +178,11 @@ class SshTransport(Transport):
         self,
         argv: list[str],
         *,
-        query: bool = False,
+        env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = COMMAND_TIMEOUT_S,
     ) -> tuple[int, str, str]:
-        assigns = [f"{k}={v}" for k, v in self.slurm_env.items()]
-        if query:
-            assigns.append("SLURM_TIME_FORMAT=%s")
+        assigns = [f"{k}={v}" for k, v in {**self.command_env, **(env or {})}.items()]
         command = 'env -i PATH="$PATH" HOME="$HOME" USER="$USER" LOGNAME="$LOGNAME" ' + shlex.join(
             [*assigns, *argv]
         )
@@ -185,22 +197,22 @@ class SshTransport(Transport):
         if paths:
             await self._remote(shlex.join(["rm", "-f", "--", *paths]))
 
-    async def make_workdir(self, configured: str | None, location: str) -> tuple[str, bool]:
+    async def make_workdir(self, configured: str | None, name: str) -> tuple[str, bool]:
         if configured:
             rel = configured[2:] if configured.startswith("~/") else None
             target = f'"$HOME"/{shlex.quote(rel)}' if rel else shlex.quote(configured)
             command = f"mkdir -p -- {target} && cd -- {target} && pwd -P"
             own = False
         else:
-            base = '"$HOME"/.qflow/slurm'
-            pattern = f"{base}/{safe_name(location)}-XXXXXX"
+            base = f'"$HOME"/{shlex.quote(self.ssh.home_dir)}'
+            pattern = f"{base}/{name}-XXXXXX"
             command = f"mkdir -p -- {base} && mktemp -d {pattern}"
             own = True
         rc, out, err = await self._remote(command)
         lines = out.decode(errors="replace").strip().splitlines()
         path = lines[-1] if lines else ""
         if rc != 0 or not path.startswith("/"):
-            raise SlurmError(
+            raise TransportError(
                 f"location {self.location}: cannot create the work directory on {self.login}: "
                 f"{err.strip() or f'exit {rc}'}"
             )
