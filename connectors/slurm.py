@@ -5,8 +5,8 @@ step execution, released by Slurm as soon as the command ends. The modules of th
 
 * slurm_config.py: the location's keys;
 * slurm_script.py: the job's name, resource options and batch script;
-* slurm_transport.py, slurm_ssh.py: where the Slurm commands run (this host, or a login
-  node over SSH with ``login``);
+* slurm_transport.py: where the Slurm commands run (this host, or a login node over SSH with
+  ``login``), on the generic transports of transport.py and transport_ssh.py;
 * slurm_jobs.py: Slurm's records of the jobs (``squeue``, ``sacct -c``, ``scontrol``) and
   ending jobs (``scancel`` and a bounded wait);
 * slurm_outcome.py: a finished step's exit code, message, times and node-seconds;

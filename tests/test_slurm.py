@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from qflow.connector import JobOutcome, JobSpec, Resources
 from qflow.connectors.slurm import SlurmConnector, SlurmError
 from qflow.connectors.slurm_script import job_name
+from qflow.connectors.transport import TransportError
 from qflow.registry import connector_class
 from qflow.rundir.journal import Resource, read_journal
 from qflow.testing.slurm_cluster import ClusterUnavailable
@@ -740,7 +741,7 @@ def test_login_mode_cancel_and_bad_key(
 
     async def main() -> str:
         refused = ssh_connector(slurm_cluster, ssh_server, key=stranger)
-        with pytest.raises(SlurmError, match="cannot open SSH"):
+        with pytest.raises(TransportError, match="cannot open SSH"):
             await refused.start()
         await refused.stop()
         connector = ssh_connector(slurm_cluster, ssh_server, workdir=str(tmp_path / "w"))
