@@ -1,12 +1,15 @@
 """Orchestration overhead of qflow against the floors it is compared with.
 
-``local``: a 50-iteration ``cwltool:Loop`` of a trivial CommandLineTool (benchmarks/cwl/loop.cwl)
-through ``qflow run`` (embedded local deployment) and through plain ``cwltool``, alternating,
-in the same run. Per-iteration cost is the marginal one, (wall(N) - wall(1)) / (N - 1), so
-process start-up (the same for both, measured separately as ``*_startup_s``) does not hide
-or inflate it; each figure is the minimum over the repeats (the least disturbed run on a
-shared machine, taken the same way for both); ``ratio`` = qflow / cwltool per iteration,
-the target is <= 1.2.
+``local``: a 500-iteration ``cwltool:Loop`` of a trivial CommandLineTool
+(benchmarks/cwl/loop.cwl) through ``qflow run`` (embedded local deployment) and through plain
+``cwltool``, in pairs: each repeat runs both tools at 1 and at N iterations, interleaved (the
+order alternates between repeats), so a pair shares the machine's load of the moment.
+Per-iteration cost is the marginal one, (wall(N) - wall(1)) / (N - 1), so process start-up
+neither hides nor inflates it; with N = 500 the marginal cost (seconds) dominates start-up
+jitter (tens of milliseconds). ``ratio`` is the median over the repeats of each pair's
+qflow / cwltool ratio (target <= 1.0); ``*_s_per_iter`` the medians per tool. Start-up is
+reported on its own: the median wall of a 1-iteration run per tool, and their difference
+(``startup_excess_s``, target <= 0.15 s).
 
 ``slurm`` (needs root: starts a real cluster with deployments/local-slurm/cluster.sh):
 20 sequential ``sleep 1`` steps through qflow on partition ``compute`` against the Slurm
@@ -31,11 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from qflow.testing.slurm_cluster import start_cluster, stop_cluster
 
@@ -74,20 +82,31 @@ def loop_commands(count: int, workdir: str) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def measure_local(iterations: int, repeats: int) -> dict[str, float]:
-    samples: dict[str, dict[int, list[float]]] = {"cwltool": {}, "qflow": {}}
+def measure_local(iterations: int, repeats: int) -> dict[str, Any]:
+    """Paired, interleaved repeats; medians of per-pair figures (see the module doc)."""
+    per_iter: dict[str, list[float]] = {"cwltool": [], "qflow": []}
+    startup: dict[str, list[float]] = {"cwltool": [], "qflow": []}
+    ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="qflow-bench-") as workdir:
-        for _ in range(repeats):
+        for repeat in range(repeats):
+            tools = ("cwltool", "qflow") if repeat % 2 == 0 else ("qflow", "cwltool")
+            walls: dict[tuple[str, int], float] = {}
             for count in (1, iterations):
-                for tool, cmd in loop_commands(count, workdir).items():
-                    samples[tool].setdefault(count, []).append(wall(cmd, workdir))
-    result: dict[str, float] = {}
-    for tool, by_count in samples.items():
-        one, many = min(by_count[1]), min(by_count[iterations])
-        result[f"{tool}_s_per_iter"] = (many - one) / (iterations - 1)
-        result[f"{tool}_startup_s"] = one
-        result[f"{tool}_total_s"] = many
-    result["ratio"] = result["qflow_s_per_iter"] / result["cwltool_s_per_iter"]
+                commands = loop_commands(count, workdir)
+                for tool in tools:
+                    walls[tool, count] = wall(commands[tool], workdir)
+            for tool in tools:
+                startup[tool].append(walls[tool, 1])
+                per_iter[tool].append((walls[tool, iterations] - walls[tool, 1]) / (iterations - 1))
+            ratios.append(per_iter["qflow"][-1] / per_iter["cwltool"][-1])
+    result: dict[str, Any] = {
+        f"{tool}_{what}": statistics.median(values[tool])
+        for what, values in (("s_per_iter", per_iter), ("startup_s", startup))
+        for tool in ("cwltool", "qflow")
+    }
+    result["ratio"] = statistics.median(ratios)
+    result["ratios"] = ratios  # the pairs, for the reader
+    result["startup_excess_s"] = result["qflow_startup_s"] - result["cwltool_startup_s"]
     result["iterations"] = iterations
     result["repeats"] = repeats
     return result
@@ -117,6 +136,53 @@ def slurm_floor(env: dict[str, str], steps: int, seconds: float) -> float:
     return time.perf_counter() - start
 
 
+DAEMON_MESSAGES = frozenset({
+    "REQUEST_COMPLETE_BATCH_SCRIPT", "REQUEST_STEP_COMPLETE", "MESSAGE_EPILOG_COMPLETE",
+    "REQUEST_COMPLETE_PROLOG", "MESSAGE_NODE_REGISTRATION_STATUS", "REQUEST_STATS_INFO",
+})  # fmt: skip
+"""RPCs the controller gets for every job whoever submitted it (from slurmd/slurmstepd),
+and ``sdiag``'s own: not a client's requests."""
+
+
+def client_rpcs(env: dict[str, str]) -> int:
+    """The controller's count of client requests so far (``sdiag``, by message type)."""
+    out = subprocess.run(["sdiag"], env=env, capture_output=True, text=True, check=True).stdout
+    section = out.split("by message type", 1)[1].split("by user", 1)[0]
+    found = (re.match(r"\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", line)
+             for line in section.splitlines())  # fmt: skip
+    return sum(int(m[2]) for m in found if m and m[1] not in DAEMON_MESSAGES)
+
+
+class Counted:
+    """Client RPCs and this process's children's CPU seconds over a block of work."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.rpcs = 0
+        self.cpu_s = 0.0
+
+    def __enter__(self) -> Counted:
+        self._rpcs = client_rpcs(self.env)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._cpu = usage.ru_utime + usage.ru_stime
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu_s = usage.ru_utime + usage.ru_stime - self._cpu
+        self.rpcs = client_rpcs(self.env) - self._rpcs
+
+
+def concurrent(commands: list[list[str]], cwd: str) -> None:
+    """Run commands at the same time; fail loudly if one fails."""
+    procs = [subprocess.Popen(c, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for c in commands]  # fmt: skip
+    for proc, cmd in zip(procs, commands, strict=True):
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+
+
 def sbatch_throughput(env: dict[str, str], jobs: int) -> float:
     """Jobs per second of ``jobs`` raw submissions of a trivial job, until all are done."""
     start = time.perf_counter()
@@ -135,6 +201,35 @@ def sbatch_throughput(env: dict[str, str], jobs: int) -> float:
     return jobs / (time.perf_counter() - start)
 
 
+def measure_controller_load(
+    env: dict[str, str], workdir: str, deployment: Path, runs: int, steps: int
+) -> dict[str, float]:
+    """Client RPCs and submit-host CPU per step, qflow against the floor, with ``runs`` runs
+    of ``steps`` sequential ``sleep 1`` steps at the same time."""
+    inputs = ["--count", str(steps), "--seconds", "1"]
+    command = [sys.executable, "-m", "qflow.cli", "run", "--quiet", str(SLEEP_LOOP),
+               str(deployment), "--", *inputs]  # fmt: skip
+    with Counted(env) as qflow:
+        concurrent([[*command[:5], "--outdir", tempfile.mkdtemp(dir=workdir), *command[5:]]
+                    for _ in range(runs)], workdir)  # fmt: skip
+    with Counted(env) as floor:
+        threads = [threading.Thread(target=slurm_floor, args=(env, steps, 1.0))
+                   for _ in range(runs)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    total = runs * steps
+    return {
+        "runs": runs,
+        "steps_per_run": steps,
+        "qflow_rpcs_per_step": qflow.rpcs / total,
+        "floor_rpcs_per_step": floor.rpcs / total,
+        "qflow_cpu_s_per_step": qflow.cpu_s / total,
+        "floor_cpu_s_per_step": floor.cpu_s / total,
+    }
+
+
 def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, float]]:
     seconds = 1.0
     with tempfile.TemporaryDirectory(prefix="qflow-bench-slurm-") as workdir:
@@ -148,16 +243,22 @@ def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, f
         try:
             startup = min(qflow_wall(NOTHING, workdir, None) for _ in range(repeats))
             qflow_seq, salloc_seq, floor_seq, qflow_rate, raw_rate = [], [], [], [], []
+            rpcs: dict[str, list[float]] = {"qflow": [], "floor": []}
             for _ in range(repeats):
                 for target, dep in ((qflow_seq, deployment), (salloc_seq, salloc_deployment)):
-                    run = qflow_wall(SLEEP_LOOP, workdir, str(dep), *sequence)
+                    with Counted(cluster.env) as counted:
+                        run = qflow_wall(SLEEP_LOOP, workdir, str(dep), *sequence)
                     target.append((run - startup - steps * seconds) / steps)
-                floor_seq.append(
-                    (slurm_floor(cluster.env, steps, seconds) - steps * seconds) / steps
-                )
+                    if dep == deployment:
+                        rpcs["qflow"].append(counted.rpcs / steps)
+                with Counted(cluster.env) as counted:
+                    floor_wall = slurm_floor(cluster.env, steps, seconds)
+                floor_seq.append((floor_wall - steps * seconds) / steps)
+                rpcs["floor"].append(counted.rpcs / steps)
                 scatter = qflow_wall(SCATTER, workdir, str(deployment), "--width", str(width))
                 qflow_rate.append(width / (scatter - startup))
                 raw_rate.append(sbatch_throughput(cluster.env, width))
+            load = measure_controller_load(cluster.env, workdir, deployment, 20, 3)
         finally:
             stop_cluster(Path(workdir) / "cluster")
     return {
@@ -167,7 +268,10 @@ def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, f
             "ratio": min(qflow_seq) / min(floor_seq),
             "steps": steps,
             "qflow_startup_s": startup,
+            "qflow_rpcs_per_step": statistics.median(rpcs["qflow"]),
+            "floor_rpcs_per_step": statistics.median(rpcs["floor"]),
         },
+        "slurm_concurrent": load,
         "slurm_salloc": {
             "qflow_overhead_s_per_step": min(salloc_seq),
             "floor_overhead_s_per_step": min(floor_seq),
@@ -185,7 +289,7 @@ def measure_slurm(steps: int, width: int, repeats: int) -> dict[str, dict[str, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=str(HERE / "results" / "overhead.json"))
     parser.add_argument("--no-slurm", action="store_true", help="skip the Slurm scenarios")
@@ -203,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'scenario':<10} {'qflow s/iter':>13} {'floor s/iter':>13} {'ratio':>7}  floor")
     print(
         f"{'local':<10} {local['qflow_s_per_iter']:>13.4f} {local['cwltool_s_per_iter']:>13.4f}"
-        f" {local['ratio']:>7.2f}  cwltool, {args.iterations}-iteration loop"
+        f" {local['ratio']:>7.2f}  cwltool, {args.iterations}-iteration loop (median of "
+        f"{args.repeats} paired ratios)"
+    )
+    print(
+        f"{'startup':<10} {local['qflow_startup_s']:>13.3f} {local['cwltool_startup_s']:>13.3f}"
+        f" {local['startup_excess_s']:>+7.3f}  cwltool, 1-iteration run (s; excess = difference)"
     )
     if "slurm" in results:
         sl, sa, sc = results["slurm"], results["slurm_salloc"], results["slurm_scatter"]
@@ -220,6 +329,22 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{'scatter':<10} {sc['qflow_jobs_per_s']:>13.1f} {sc['sbatch_jobs_per_s']:>13.1f} "
             f"{sc['ratio']:>7.2f}  {sc['width']} raw sbatch (jobs/s; ratio = qflow / raw)"
+        )
+        cc = results["slurm_concurrent"]
+        print(
+            f"{'rpc/step':<10} {sl['qflow_rpcs_per_step']:>13.2f} "
+            f"{sl['floor_rpcs_per_step']:>13.2f} {'':>7}  controller client RPCs per step "
+            f"(sdiag), 1 run of {sl['steps']} steps"
+        )
+        print(
+            f"{'rpc/step':<10} {cc['qflow_rpcs_per_step']:>13.2f} "
+            f"{cc['floor_rpcs_per_step']:>13.2f} {'':>7}  the same, {cc['runs']} concurrent runs "
+            f"of {cc['steps_per_run']} steps"
+        )
+        print(
+            f"{'cpu/step':<10} {cc['qflow_cpu_s_per_step']:>13.3f} "
+            f"{cc['floor_cpu_s_per_step']:>13.3f} {'':>7}  submit-host CPU seconds per step, "
+            f"{cc['runs']} concurrent runs (qflow: start-up included)"
         )
     print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     out = Path(args.json)

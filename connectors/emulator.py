@@ -8,16 +8,18 @@ Everything else is the ``rest`` connector talking HTTP to the emulator on 127.0.
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from aiohttp import web
 from pydantic import Field
 
 from qflow.connectors.rest import Endpoint, RestClient
-from qflow.emulator import BACKENDS, DEFAULT_BACKEND, start_emulator, stop_emulator
+from qflow.emulator.backends import BACKENDS, DEFAULT_BACKEND
 from qflow.quantum import QuantumLocationConfig
 from qflow.rundir.journal import Resource
 from qflow.secrets import register_secret
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 Backend = Literal[tuple(BACKENDS)]  # type: ignore[valid-type]
 
@@ -50,6 +52,8 @@ class EmulatorConnector(RestClient[EmulatorConfig]):
             return
         token = secrets.token_urlsafe(24)
         register_secret(token)
+        from qflow.emulator.http import start_emulator  # the HTTP stack: only when used
+
         self._runner, url = await start_emulator(
             token, backend=self.config.backend, time_scale=self.config.time_scale
         )
@@ -62,5 +66,7 @@ class EmulatorConnector(RestClient[EmulatorConfig]):
     async def stop(self) -> None:
         await super().stop()
         if self._runner is not None:
+            from qflow.emulator.http import stop_emulator
+
             await stop_emulator(self._runner)
             self._runner = None

@@ -13,10 +13,9 @@ import asyncio
 import dataclasses
 import json
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 from pydantic import Field, field_validator
 
 from qflow.quantum import (
@@ -28,6 +27,9 @@ from qflow.quantum import (
     TaskInfo,
 )
 from qflow.secrets import SecretReference, redact, resolve_secret
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _logger = logging.getLogger("qflow.connectors.rest")
 
@@ -157,6 +159,8 @@ class RestClient(QuantumConnector[QuantumConfigT]):
     # -- session -------------------------------------------------------------------------------
     async def _open(self, token: str) -> None:
         """Open the one HTTP session this connector uses (by :meth:`start`)."""
+        import aiohttp  # here, not at import: validating a deployment needs no HTTP stack
+
         self._token = token
         self._session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {self._token}"},
@@ -184,6 +188,8 @@ class RestClient(QuantumConnector[QuantumConfigT]):
         """One call with retries of transient failures; returns the last status and body."""
         if self._session is None:
             raise self._fail(QpuError, "connector used before start()")
+        import aiohttp
+
         url = f"{self.endpoint.url}/v1{path}"
         attempts = self.endpoint.http_retries + 1
         for attempt in range(1, attempts + 1):

@@ -14,11 +14,15 @@ step execution, released by Slurm as soon as the command ends. The modules of th
   its own (``salloc`` + ``srun``: no scheduler tick to wait for, unlike ``sbatch``);
 * slurm_allocation.py: the held/malleable/auto strategies, allocations kept across steps.
 
-Completion is event-like: one poller task per connector instance calls ``squeue`` once per
-``poll_interval`` for *all* in-flight batch jobs of the location and wakes the waiting
-coroutines. A finished job keeps its final state in ``squeue --states=all`` for
-``MinJobAge`` seconds; a job that already left it is looked up in ``sacct -c`` (jobcomp) and
-``scontrol show job``.
+Completion without loading the controller: each job's batch script writes a start marker
+first and an exit marker last (slurm_script.py), and one poller task per connector instance
+looks for *all* in-flight jobs' markers every ``poll_interval`` (file checks on the shared
+``workdir``: no Slurm request), waking the waiting coroutines. A job that ran to its end
+needs no Slurm request after ``sbatch``: its outcome comes from its markers. ``squeue``
+runs once per ``squeue_interval`` as a safety net for jobs Slurm ends before their script
+does (time limit, cancel, node failure); such a job keeps its final state in
+``squeue --states=all`` for ``MinJobAge`` seconds, and one that already left it is looked up
+in ``sacct -c`` (jobcomp) and ``scontrol show job``.
 
 Retries are the engine's (``retries`` of the location); jobs are submitted with
 ``--no-requeue`` so Slurm never reruns a step behind qflow's back. Cancelling :meth:`run`
@@ -52,14 +56,13 @@ from qflow.connector import (
 from qflow.connectors.slurm_allocation import SlurmAllocations
 from qflow.connectors.slurm_config import SlurmConfig
 from qflow.connectors.slurm_jobs import (
-    CANCEL_WAIT_S,
     STARTED_STATES,
     TERMINAL_STATES,
     JobInfo,
     SlurmJobs,
     orphan_handles,
 )
-from qflow.connectors.slurm_outcome import batch_outcome
+from qflow.connectors.slurm_outcome import batch_outcome, marker_outcome
 from qflow.connectors.slurm_salloc import run_in_salloc
 from qflow.connectors.slurm_script import Plan, make_plan, one_task, safe_name
 from qflow.connectors.slurm_transport import SlurmError, slurm_transport
@@ -128,12 +131,16 @@ class SlurmConnector(Connector[SlurmConfig]):
         self._allocations.clear()
         for name in list(self.salloc_names):  # submit: salloc, by name: pending ones too
             await self.jobs.scancel([], name)
-        ids = [jid for jid, t in self._tracked.items() if not t.done.is_set()]
-        if ids:
-            await self.jobs.scancel(ids)
-            waits = [self._tracked[j].done.wait() for j in ids]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), CANCEL_WAIT_S)
+        in_flight = [t for t in self._tracked.values() if not t.done.is_set()]
+        if in_flight:
+            seen: dict[str, JobInfo] = {}
+            try:
+                seen = await self.jobs.end_jobs([t.jobid for t in in_flight])
+            except SlurmError as exc:
+                _logger.warning("%s", exc)
+            for tracked in in_flight:
+                tracked.final = tracked.final or seen.get(tracked.jobid)
+                tracked.done.set()
         # let the woken run() calls collect their outcomes before the work directory goes
         deadline = time.monotonic() + 5
         while (self._tracked or self.salloc_names) and time.monotonic() < deadline:
@@ -213,6 +220,11 @@ class SlurmConnector(Connector[SlurmConfig]):
             await shielded(self._cancel(tracked, plan))
             raise
         try:
+            if tracked.final is None and tracked.exit_marked:
+                outcome = await marker_outcome(self.transport, tracked.jobid, plan)
+                if outcome is not None:
+                    self._report_started(tracked)
+                    return outcome
             info = tracked.final or await self.jobs.lookup_finished(tracked.jobid)  # left squeue
             if info is not None and info.ran:
                 self._report_started(tracked)
@@ -236,12 +248,12 @@ class SlurmConnector(Connector[SlurmConfig]):
             async def cleanup() -> None:
                 with contextlib.suppress(Exception):
                     jobid = await task
-                    tracked = self._track(jobid, None)
+                    tracked = self._track(jobid, None, plan)
                     await self._cancel(tracked, plan)
 
             await shielded(cleanup())
             raise
-        return self._track(jobid, on_started)
+        return self._track(jobid, on_started, plan)
 
     async def _sbatch(self, plan: Plan) -> str:
         if self._submit_slots is None:
@@ -269,8 +281,8 @@ class SlurmConnector(Connector[SlurmConfig]):
             f"{err.strip() or f'exit {rc}'} (options: {shlex.join(plan.args[1:])})"
         )
 
-    def _track(self, jobid: str, on_started: JobStartedCallback | None) -> _Tracked:
-        tracked = _Tracked(jobid=jobid, on_started=on_started)
+    def _track(self, jobid: str, on_started: JobStartedCallback | None, plan: Plan) -> _Tracked:
+        tracked = _Tracked(jobid=jobid, on_started=on_started, plan=plan)
         self._tracked[jobid] = tracked
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(
@@ -280,27 +292,26 @@ class SlurmConnector(Connector[SlurmConfig]):
 
     async def _forget(self, tracked: _Tracked, plan: Plan) -> None:
         self._tracked.pop(tracked.jobid, None)
-        files = [p for p in (plan.rc_file, plan.log_file, plan.capture_file) if p]
+        files = [p for p in (plan.rc_file, plan.started_file, plan.log_file, plan.capture_file)
+                 if p]  # fmt: skip
         await self.transport.remove(files)
 
     async def _cancel(self, tracked: _Tracked, plan: Plan) -> None:
-        """``scancel`` the job and wait (bounded) until Slurm reports it ended."""
-        if not tracked.done.is_set():
-            await self.jobs.scancel([tracked.jobid])
-            try:
-                await asyncio.wait_for(tracked.done.wait(), CANCEL_WAIT_S)
-            except TimeoutError:
-                _logger.warning(
-                    "Slurm job %s (location %s) still not ended %.0f s after scancel",
-                    tracked.jobid,
-                    self.location,
-                    CANCEL_WAIT_S,
-                )
+        """``scancel`` the job and wait (bounded) until Slurm reports it ended: even when its
+        exit marker is there (the script may have written it while being stopped), since
+        only Slurm knows when the job's processes are gone."""
+        try:
+            await self.jobs.end_jobs([tracked.jobid])
+        except SlurmError as exc:
+            _logger.warning("%s", exc)
+        tracked.done.set()
         await self._forget(tracked, plan)
 
     # -- the poller ----------------------------------------------------------------------
     async def _poll_loop(self) -> None:
-        """One ``squeue`` per interval for all in-flight jobs; wakes their coroutines."""
+        """Every ``poll_interval`` a look at all in-flight jobs' markers; every
+        ``squeue_interval`` one ``squeue`` for them all. Wakes the jobs' coroutines."""
+        last_squeue = time.monotonic()
         while True:
             if not any(not t.done.is_set() for t in self._tracked.values()):
                 return
@@ -309,26 +320,48 @@ class SlurmConnector(Connector[SlurmConfig]):
             if not waiting:
                 return
             try:
-                infos = await self.jobs.squeue([t.jobid for t in waiting])
+                await self._look_at_markers(waiting)
+                if time.monotonic() - last_squeue >= self.config.squeue_interval:
+                    last_squeue = time.monotonic()
+                    await self._look_at_squeue([t for t in waiting if not t.done.is_set()])
             except Exception as exc:  # noqa: BLE001 - the poller must outlive a bad poll
                 self._poll_errors += 1
                 if self._poll_errors in (1, 10) or self._poll_errors % 100 == 0:
                     _logger.warning("location %s: %s (will retry)", self.location, exc)
                 continue
             self._poll_errors = 0
-            for tracked in waiting:
-                info = infos.get(tracked.jobid)
-                if info is None:
-                    tracked.missing += 1
-                    if tracked.missing >= VANISHED_POLLS:
-                        tracked.done.set()
-                    continue
-                tracked.missing = 0
-                if info.state in STARTED_STATES or (info.state in TERMINAL_STATES and info.ran):
-                    self._report_started(tracked)
-                if info.state in TERMINAL_STATES:
-                    tracked.final = info
+
+    async def _look_at_markers(self, waiting: list[_Tracked]) -> None:
+        """Start and exit markers: a job that wrote its exit marker is done (its script ran
+        to its end); one that wrote its start marker is running."""
+        files = [t.plan.rc_file for t in waiting]
+        files += [t.plan.started_file for t in waiting if not t.started_reported]
+        present = await self.transport.existing(files)
+        for tracked in waiting:
+            if tracked.plan.started_file in present:
+                self._report_started(tracked)
+            if tracked.plan.rc_file in present:
+                tracked.exit_marked = True
+                tracked.done.set()
+
+    async def _look_at_squeue(self, waiting: list[_Tracked]) -> None:
+        """The safety net: jobs Slurm ended (or lost) without their exit marker."""
+        if not waiting:
+            return
+        infos = await self.jobs.squeue([t.jobid for t in waiting])
+        for tracked in waiting:
+            info = infos.get(tracked.jobid)
+            if info is None:
+                tracked.missing += 1
+                if tracked.missing >= VANISHED_POLLS:
                     tracked.done.set()
+                continue
+            tracked.missing = 0
+            if info.state in STARTED_STATES or (info.state in TERMINAL_STATES and info.ran):
+                self._report_started(tracked)
+            if info.state in TERMINAL_STATES:
+                tracked.final = info
+                tracked.done.set()
 
     def _report_started(self, tracked: _Tracked) -> None:
         if tracked.started_reported:
@@ -347,7 +380,10 @@ class _Tracked:
 
     jobid: str
     on_started: JobStartedCallback | None
+    plan: Plan
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    exit_marked: bool = False
+    """Its exit marker was seen: the script ran to its end (Slurm needs no asking)."""
     final: JobInfo | None = None
     started_reported: bool = False
     missing: int = 0

@@ -143,9 +143,18 @@ class SlurmConfig(LocationConfig):
         default=0.05,
         gt=0,
         le=60,
+        description="Seconds between two looks at the start and exit markers that in-flight "
+        "jobs write in `workdir` (file checks on this host, or one command on the login "
+        "node; no request to the Slurm controller). A job that ends is noticed within about "
+        "this time.",
+    )
+    squeue_interval: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
         description="Seconds between two `squeue` calls while jobs are in flight (one call "
-        "covers all jobs of the location). A finished job is noticed within about this "
-        "time plus Slurm's own delay (tens of milliseconds).",
+        "covers all jobs of the location): the safety net for jobs Slurm ends before their "
+        "script does (time limit, cancel, node failure), noticed within about this time.",
     )
 
     @field_validator("time")

@@ -9,8 +9,10 @@ Exit codes (``JobOutcome.exit_code``):
   ``TIMEOUT``, ``CANCELLED``, ``PREEMPTED`` and ``DEADLINE``; ``-9`` for ``NODE_FAIL``,
   ``BOOT_FAIL`` and ``OUT_OF_MEMORY``. ``message`` then gives Slurm's state and reason.
 
-Start, end and node count come from Slurm's records (whole seconds), so node-seconds are
-what Slurm accounted, not qflow's view. Output a step has no file for goes to qflow's stderr.
+Start, end and node count: for a job that ran to its end, from its own markers (the batch
+script's start and end, to the microsecond, and ``SLURM_JOB_NUM_NODES``), so no controller
+request is needed; for a job Slurm ended, from Slurm's records (whole seconds). Output a step
+has no file for goes to qflow's stderr.
 """
 
 from __future__ import annotations
@@ -118,19 +120,74 @@ async def read_exit_file(transport: Transport, path: str, *, wait: bool) -> int 
     with ``wait``: the file may lag on a shared filesystem)."""
     deadline = time.monotonic() + (EXIT_FILE_WAIT_S if wait else 0)
     while True:
-        data = await transport.read(path)
-        with contextlib.suppress(ValueError):
-            if data and data.strip():
-                return int(data.strip())
+        marker = parse_marker(await transport.read(path))
+        if marker:
+            with contextlib.suppress(ValueError):
+                return int(marker[0])
         if time.monotonic() >= deadline:
             return None
         await asyncio.sleep(0.05)
 
 
+def parse_marker(data: bytes | None) -> list[str]:
+    """The fields of a marker file; [] while it is missing or not completely written (the
+    script writes one line: a line without its newline is still being written)."""
+    text = (data or b"").decode(errors="replace")
+    return text.split() if text.endswith("\n") else []
+
+
+def _time(field: str) -> float | None:
+    """A marker's time (``$EPOCHREALTIME``: its decimal point follows the job's locale)."""
+    try:
+        return float(field.replace(",", "."))
+    except ValueError:
+        return None
+
+
+async def marker_outcome(transport: Transport, jobid: str, plan: Plan) -> JobOutcome | None:
+    """A batch job's outcome from its own markers, once its exit marker is there: the exit
+    status, its start and end as the script saw them, its nodes. None if a marker cannot be
+    read (then Slurm's record decides)."""
+    deadline = time.monotonic() + EXIT_FILE_WAIT_S
+    while True:
+        ended = parse_marker(await transport.read(plan.rc_file))
+        started = parse_marker(await transport.read(plan.started_file))
+        if len(ended) >= 2 and len(started) >= 2:
+            break
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(0.05)
+    try:
+        code, nodes = int(ended[0]), int(started[1])
+    except ValueError:
+        return None
+    start, end = _time(started[0]), _time(ended[1])
+    if start is None or end is None:
+        return None
+    end = max(start, end)
+    await copy_capture(transport, plan)
+    message = None
+    if code != 0:
+        where = f" on {started[2]}" if len(started) > 2 else ""
+        log = await log_tail(transport, plan)
+        message = f"exited with status {code} (Slurm job {jobid}{where})" + (
+            f"; batch log: {log}" if log else ""
+        )
+    return JobOutcome(
+        exit_code=code,
+        message=message,
+        started=start,
+        ended=end,
+        nodes=nodes,
+        node_seconds=float(nodes * (end - start)),
+        external_id=jobid,
+    )
+
+
 async def collect(transport: Transport, plan: Plan) -> None:
     """After a step ran in an allocation: its captured output, then its files go."""
     await copy_capture(transport, plan)
-    await transport.remove([p for p in (plan.rc_file, plan.capture_file) if p])
+    await transport.remove([p for p in (plan.rc_file, plan.started_file, plan.capture_file) if p])
 
 
 async def copy_capture(transport: Transport, plan: Plan) -> None:

@@ -45,6 +45,9 @@ class Plan:
     """The Slurm job name (``sbatch`` or ``salloc``): :func:`job_name` of the execution id, so
     a crashed run's clean-up finds the job by it; unique either way."""
     rc_file: str
+    """The exit marker: the command's exit status and the time it ended, written last."""
+    started_file: str
+    """The start marker: the time the script started, the job's node count and node."""
     log_file: str
     capture_file: str | None
     options: list[str]
@@ -66,6 +69,7 @@ def make_plan(cfg: SlurmConfig, job: JobSpec, workdir: str, srun: str) -> Plan:
         job=job,
         name=job_name(job.execution_id) if job.execution_id else f"qflow-{tag}",
         rc_file=str(where / f"{tag}.rc"),
+        started_file=str(where / f"{tag}.started"),
         log_file=str(where / f"{tag}.log"),
         capture_file=str(capture) if capture else None,
         options=options,
@@ -129,8 +133,9 @@ def resource_options(cfg: SlurmConfig, job: JobSpec) -> tuple[list[str], str | N
 
 def batch_script(cfg: SlurmConfig, job: JobSpec, plan: Plan, srun: str) -> str:
     """The script ``sbatch`` gets on its standard input (``srun ... bash -s`` inside an
-    allocation): the step's directory, environment, command and redirections, and the exit
-    status written to ``plan.rc_file``."""
+    allocation): the step's directory, environment, command and redirections, framed by its
+    markers: ``plan.started_file`` first (time, nodes, node), ``plan.rc_file`` last (exit
+    status, time). qflow notices a job's start and end from them (see slurm.py)."""
     q = shlex.quote
     env = {**job.env, **cfg.environment}
     exports = [
@@ -161,8 +166,11 @@ def batch_script(cfg: SlurmConfig, job: JobSpec, plan: Plan, srun: str) -> str:
         "#!/bin/bash",
         f"# qflow step {job.step} ({job.name}), written by qflow's slurm connector",
         f"__qflow_rc={q(plan.rc_file)}",
+        # bash >= 5 has $EPOCHREALTIME (no fork); its decimal point follows the locale
+        'printf "%s %s %s\\n" "${EPOCHREALTIME:-$(date +%s.%N)}" "${SLURM_JOB_NUM_NODES:-1}"'
+        f' "${{SLURMD_NODENAME:-}}" > {q(plan.started_file)}',
         f"cd -- {q(job.cwd)} || {{ echo {q('qflow: cannot enter ' + job.cwd)} >&2;"
-        ' printf "1\\n" > "$__qflow_rc"; exit 1; }',
+        ' printf "1 %s\\n" "${EPOCHREALTIME:-$(date +%s.%N)}" > "$__qflow_rc"; exit 1; }',
         "# the step's environment: exactly job.env (+ the location's environment),",
         "# keeping only Slurm's own SLURM_*/SLURMD_* variables of the job",
         "for __qflow_v in $(compgen -e); do",
@@ -173,7 +181,7 @@ def batch_script(cfg: SlurmConfig, job: JobSpec, plan: Plan, srun: str) -> str:
         *exports,
         f"{prefix}{command} < {stdin} {redirect}",
         "__qflow_s=$?",
-        'printf "%d\\n" "$__qflow_s" > "$__qflow_rc"',
+        'printf "%d %s\\n" "$__qflow_s" "${EPOCHREALTIME:-$(date +%s.%N)}" > "$__qflow_rc"',
         'exit "$__qflow_s"',
         "",
     ]

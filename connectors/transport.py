@@ -67,6 +67,10 @@ class Transport(abc.ABC):
         """A file's content, None if it cannot be read."""
 
     @abc.abstractmethod
+    async def existing(self, paths: list[str]) -> set[str]:
+        """Which of ``paths`` exist now (one call for all: a job's markers are looked at often)."""
+
+    @abc.abstractmethod
     async def remove(self, paths: list[str]) -> None:
         """Remove files (missing ones are fine)."""
 
@@ -111,6 +115,9 @@ class LocalTransport(Transport):
             return Path(path).read_bytes()
         except OSError:
             return None
+
+    async def existing(self, paths: list[str]) -> set[str]:
+        return {path for path in paths if os.path.exists(path)}
 
     async def remove(self, paths: list[str]) -> None:
         for path in paths:

@@ -193,6 +193,13 @@ class SshTransport(Transport):
         rc, out, _ = await self._remote(shlex.join(["cat", "--", path]))
         return out if rc == 0 else None
 
+    async def existing(self, paths: list[str]) -> set[str]:
+        if not paths:
+            return set()
+        test = 'for f in "$@"; do [ -e "$f" ] && printf "%s\\n" "$f"; done; true'
+        _, out, _ = await self._remote(shlex.join(["sh", "-c", test, "sh", *paths]))
+        return set(out.decode(errors="replace").splitlines()) & set(paths)
+
     async def remove(self, paths: list[str]) -> None:
         if paths:
             await self._remote(shlex.join(["rm", "-f", "--", *paths]))

@@ -31,7 +31,8 @@ from qflow.connectors.rest import (
     ResultNotReady,
 )
 from qflow.deployment import DeploymentError, parse_deployment, reference_markdown
-from qflow.emulator import QpuEmulator, emulator_of, start_emulator, stop_emulator
+from qflow.emulator.http import emulator_of, start_emulator, stop_emulator
+from qflow.emulator.qpu import QpuEmulator
 from qflow.quantum import QuantumLocationConfig
 
 pytestmark = pytest.mark.timeout(60)

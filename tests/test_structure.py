@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,3 +104,21 @@ def test_the_checks_see_what_they_look_for(tmp_path: Path):
     assert "qflow.connectors.qubo" in imports_of(
         "qflow.connectors.ibm", REPO / "connectors" / "ibm.py", set(modules())
     )
+
+
+def test_a_run_without_qpus_loads_no_http_stack(tmp_path: Path):
+    """Start-up: a run whose steps all stay classical imports neither the gateway's nor the
+    emulator's HTTP stack, nor a vendor SDK (the embedded default deployment has a QPU)."""
+    workflow = REPO / "benchmarks" / "cwl" / "loop.cwl"
+    heavy = ("aiohttp", "qflow.gateway.http", "qflow.emulator.http", "qiskit", "pulser", "qrmi")
+    code = (
+        "import sys\n"
+        "from qflow.cli.main import main\n"
+        f"code = main(['run', '--quiet', '--outdir', {str(tmp_path)!r}, {str(workflow)!r},"
+        " '--', '--count', '2'])\n"
+        f"print('LOADED', code, sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    ).stdout
+    assert "LOADED 0 []" in out, out

@@ -156,9 +156,9 @@ SERVICES = {
 
 def _service_main(name: str, argv: list[str]) -> int:
     if name == "emulator":
-        from qflow.emulator import main as service
+        from qflow.emulator.service import main as service
     else:
-        from qflow.gateway import main as service
+        from qflow.gateway.service import main as service
     return int(service(argv) or 0)
 
 

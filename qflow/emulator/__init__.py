@@ -18,36 +18,7 @@ Modules: :mod:`~qflow.emulator.backends` (latency models), :mod:`~qflow.emulator
 (task kinds), :mod:`~qflow.emulator.faults` (fault injection), :mod:`~qflow.emulator.qpu`
 (the one-QPU scheduler), :mod:`~qflow.emulator.http` (the API),
 :mod:`~qflow.emulator.service` (``qflow emulator``), :mod:`~qflow.emulator.errors`.
+
+Nothing is imported here: validating a deployment with an ``emulator`` location loads only
+its backends (:mod:`~qflow.emulator.backends`), not the HTTP stack.
 """
-
-from qflow.emulator.backends import BACKENDS, DEFAULT_BACKEND, Backend
-from qflow.emulator.errors import ApiError, BadTask
-from qflow.emulator.faults import FAULT_MODES, Faults
-from qflow.emulator.http import create_app, emulator_of, start_emulator, stop_emulator
-from qflow.emulator.kinds import KINDS, Interrupted, Solver, task_kind
-from qflow.emulator.qpu import QpuEmulator, Task
-from qflow.emulator.service import TOKEN_ENV, main, port_number, serve
-
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_BACKEND",
-    "FAULT_MODES",
-    "KINDS",
-    "TOKEN_ENV",
-    "ApiError",
-    "Backend",
-    "BadTask",
-    "Faults",
-    "Interrupted",
-    "QpuEmulator",
-    "Solver",
-    "Task",
-    "create_app",
-    "emulator_of",
-    "main",
-    "port_number",
-    "serve",
-    "start_emulator",
-    "stop_emulator",
-    "task_kind",
-]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from qflow.deployment import Deployment
     from qflow.engine.job import ConnectorJob
     from qflow.engine.reuse import ReuseStore
-    from qflow.gateway import LeaseSummary
+    from qflow.gateway.leases import LeaseSummary
     from qflow.placement.history import History
 
 _logger = logging.getLogger("qflow")

@@ -14,22 +14,9 @@ site-wide (``qflow gateway``) so several runs share one QPU.
   returns what its tasks used and how they ended.
 
 Modules: :mod:`~qflow.gateway.leases` (records and slots), :mod:`~qflow.gateway.core`
-(the gateway), :mod:`~qflow.gateway.http` (its API), :mod:`~qflow.gateway.service`
-(``qflow gateway``).
+(the gateway), :mod:`~qflow.gateway.http` (its API), :mod:`~qflow.gateway.client` (a
+site-wide gateway, orchestrator side), :mod:`~qflow.gateway.service` (``qflow gateway``).
+
+
+Nothing is imported here: a run without QPUs never loads the gateway's HTTP stack (aiohttp).
 """
-
-from qflow.gateway.core import Gateway
-from qflow.gateway.http import start_gateway
-from qflow.gateway.leases import REQUEST_TIMEOUT_S, LeaseRefused, LeaseSummary, TaskSummary
-from qflow.gateway.service import main, quantum_connectors
-
-__all__ = [
-    "REQUEST_TIMEOUT_S",
-    "Gateway",
-    "LeaseRefused",
-    "LeaseSummary",
-    "TaskSummary",
-    "main",
-    "quantum_connectors",
-    "start_gateway",
-]

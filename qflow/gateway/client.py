@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from qflow.gateway import REQUEST_TIMEOUT_S, LeaseRefused, LeaseSummary
+from qflow.gateway.leases import REQUEST_TIMEOUT_S, LeaseRefused, LeaseSummary
 
 
 class GatewayClient:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> int:
     """``qflow gateway DEPLOYMENT``: a site-wide gateway for the deployment's QPUs."""
     from qflow.deployment import DeploymentError, load_deployment
-    from qflow.emulator import port_number
+    from qflow.emulator.service import port_number
     from qflow.secrets import SecretError, resolve_secret
 
     parser = argparse.ArgumentParser(prog="qflow gateway", description=main.__doc__)

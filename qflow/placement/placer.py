@@ -28,7 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from qflow.gateway import LeaseRefused, LeaseSummary
+from qflow.gateway.leases import LeaseRefused, LeaseSummary
 from qflow.placement.estimate import (
     CLIENT_OVERHEAD_S,
     PRIOR_S,

@@ -16,8 +16,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from qflow.gateway import Gateway, LeaseRefused, LeaseSummary, quantum_connectors, start_gateway
-from qflow.gateway.client import GatewayClient
+from qflow.gateway.leases import LeaseRefused, LeaseSummary
 from qflow.placement.model import Lease
 from qflow.quantum import QuantumLocationConfig
 from qflow.rundir.journal import NO_JOURNAL, Journal, Resource
@@ -27,6 +26,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from qflow.deployment import Deployment
+    from qflow.gateway.client import GatewayClient
+    from qflow.gateway.core import Gateway
 
 _logger = logging.getLogger("qflow")
 
@@ -59,6 +60,8 @@ class QpuLeases:
         return config
 
     def _remote_client(self, config: QuantumLocationConfig) -> GatewayClient:
+        from qflow.gateway.client import GatewayClient  # the HTTP stack, only when used
+
         assert config.gateway is not None
         if config.gateway not in self._remote:
             token = resolve_secret(config.gateway_token or "")
@@ -69,6 +72,10 @@ class QpuLeases:
         self._lock = self._lock or asyncio.Lock()
         async with self._lock:
             if self._embedded is None:
+                from qflow.gateway.core import Gateway  # only for runs with QPUs
+                from qflow.gateway.http import start_gateway
+                from qflow.gateway.service import quantum_connectors
+
                 connectors = {
                     name: c
                     for name, c in quantum_connectors(self.deployment).items()
@@ -153,6 +160,8 @@ async def withdraw_orphan_lease(deployment: Deployment, resource: Resource) -> N
     config = deployment.locations.get(resource.location)
     if not isinstance(config, QuantumLocationConfig) or not config.gateway:
         return
+    from qflow.gateway.client import GatewayClient  # the HTTP stack, only when used
+
     client = GatewayClient(config.gateway, resolve_secret(config.gateway_token or ""))
     try:
         await client.release(lease_key(resource))
