@@ -131,8 +131,8 @@ class SlurmConnector(Connector[SlurmConfig]):
         self._allocations.clear()
         for name in list(self.salloc_names):  # submit: salloc, by name: pending ones too
             await self.jobs.scancel([], name)
-        in_flight = [t for t in self._tracked.values() if not t.done.is_set()]
-        if in_flight:
+        in_flight = list(self._tracked.values())  # a job whose exit marker is there may still
+        if in_flight:  # be completing: Slurm says when it is gone
             seen: dict[str, JobInfo] = {}
             try:
                 seen = await self.jobs.end_jobs([t.jobid for t in in_flight])

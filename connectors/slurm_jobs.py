@@ -102,6 +102,19 @@ class SlurmJobs:
             )
         return infos
 
+    async def listed(self, ids: list[str]) -> list[str]:
+        """Which of ``ids`` squeue still lists by default (pending, running, completing)."""
+        if not ids:
+            return []
+        rc, out, err = await self.transport.run(
+            ["squeue", "--noheader", "--format=%i", f"--jobs={','.join(ids)}"]
+        )
+        if rc != 0:
+            if "Invalid job id" in err:
+                return []
+            raise SlurmError(f"squeue failed: {err.strip() or f'exit {rc}'}")
+        return [jobid for jobid in out.split() if jobid in ids]
+
     async def lookup_finished(self, jobid: str) -> JobInfo | None:
         """The final record of a job that left ``squeue``: ``sacct -c``, then ``scontrol``."""
         rc, out, _ = await self.transport.run(
@@ -168,6 +181,8 @@ class SlurmJobs:
                 alive = [
                     jobid for jobid, info in infos.items() if info.state not in TERMINAL_STATES
                 ]
+                if not alive:  # a final state can show before the job stops completing
+                    alive = await self.listed(list(infos))
                 if not alive:
                     return seen
             now = time.monotonic()
