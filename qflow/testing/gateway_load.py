@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qflow.testing.processes import REPO, ProcessGroups
+from qflow.testing.qpu_services import gateway_user_deployment
 
 WORKFLOW = REPO / "tests" / "data" / "qubo-scatter.cwl"
 QUBO = REPO / "tests" / "data" / "mis5.qubo.json"
@@ -67,7 +68,7 @@ def run_load(
     """
     procs = ProcessGroups()
     qpu_token, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    env = {"QFLOW_BENCH_QPU_TOKEN": qpu_token, "QFLOW_BENCH_GATEWAY_ADMIN": admin}
+    env = {"QFLOW_BENCH_QPU_TOKEN": qpu_token, "QFLOW_GATEWAY_ADMIN": admin}
     try:
         qpu_url = _serve(
             procs,
@@ -93,28 +94,12 @@ def run_load(
         gateway_url = _serve(
             procs,
             ["qflow.cli", "gateway", str(site), "--admin-token",
-             "${env:QFLOW_BENCH_GATEWAY_ADMIN}"],
+             "${env:QFLOW_GATEWAY_ADMIN}"],
             env,
             workdir / "gateway.log",
         )  # fmt: skip
         user = workdir / "user.yml"
-        user.write_text(
-            textwrap.dedent(
-                f"""
-                version: 1
-                locations:
-                  local: {{connector: local, slots: 2}}
-                  qpu:
-                    connector: shared-qpu
-                    gateway: {gateway_url}
-                    gateway_token: ${{env:QFLOW_BENCH_GATEWAY_ADMIN}}
-                    max_wait: {timeout}
-                bindings:
-                  default: local
-                  {STEP}: [qpu, local]
-                """
-            )
-        )
+        user.write_text(gateway_user_deployment(gateway_url, f"{STEP}: [qpu, local]", timeout))
         load_before = os.getloadavg()
         begin = time.monotonic()
         started = []
