@@ -499,6 +499,8 @@ def test_killed_wrapper_takes_the_command_with_it(hq_server: HqServer, tmp_path:
         task = asyncio.create_task(connector.run(job, lambda _id: None))
         await wait_for(lambda: pids.exists() and bool(pids.read_text().strip()))
         (control,) = connector._leftovers.values()
+        # killed once it has reported the start (the wrapper writes it just after the launch)
+        await wait_for(lambda: (control / "started").exists())
         wrapper = json.loads((control / "pid").read_text())["pid"]
         os.kill(wrapper, signal.SIGKILL)
         return await asyncio.wait_for(task, 15)

@@ -375,7 +375,7 @@ def test_asyncio_cancel_scancels_the_running_job(
             await connector.stop()
 
     jobid, active_after_cancel = asyncio.run(main())
-    assert active_after_cancel == []
+    assert jobid and jobid not in active_after_cancel  # (an earlier test's job may complete)
     assert_cancelled(slurm_cluster, jobid, marker)
 
 
@@ -796,7 +796,7 @@ def test_login_mode_cancel_and_bad_key(
             await connector.stop()
 
     jobid, active_after_cancel = asyncio.run(main())
-    assert active_after_cancel == []
+    assert jobid and jobid not in active_after_cancel  # (an earlier test's job may complete)
     assert_cancelled(slurm_cluster, jobid, marker)
 
 

@@ -11,6 +11,7 @@ use it are skipped with the reason.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,10 +24,13 @@ from qflow.testing.slurm_cluster import (
     stop_cluster,
 )
 
+IDLE_WAIT_S = 60.0
+"""How long a test waits for an earlier test's jobs to finish completing (Slurm's KillWait)."""
+
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """A running Slurm cluster: ``.conf`` (slurm.conf), ``.env`` (with SLURM_CONF), ``.dir``."""
+def slurm_session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """The session's Slurm cluster, started once."""
     directory = tmp_path_factory.mktemp("slurm-cluster")
     try:
         cluster = start_cluster(directory)
@@ -36,6 +40,19 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         yield cluster
     finally:
         stop_cluster(directory)
+
+
+@pytest.fixture
+def slurm_cluster(slurm_session_cluster: SlurmCluster) -> SlurmCluster:
+    """A running Slurm cluster with an empty queue: ``.conf`` (slurm.conf), ``.env`` (with
+    SLURM_CONF), ``.dir``. Tests count the jobs left in ``squeue``, so each starts once an
+    earlier test's cancelled jobs have finished completing."""
+    deadline = time.monotonic() + IDLE_WAIT_S
+    while active := slurm_session_cluster.active_jobs():
+        if time.monotonic() > deadline:
+            pytest.fail(f"an earlier test left Slurm jobs {', '.join(active)} in squeue")
+        time.sleep(0.2)
+    return slurm_session_cluster
 
 
 _shared: HqServer | None = None
