@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 _logger = logging.getLogger("qflow")
 
 CANCEL_TIMEOUT_S = 60.0
+LOOKAHEAD = 16
+"""Step executions that may wait for a slot at once (the rest are not built yet)."""
 """Longest wait for connectors to clean up in-flight jobs after an interrupt."""
 
 QPU_URL_ENV = "QFLOW_QPU_URL"
@@ -76,6 +78,8 @@ class Dispatcher:
         """Finished executions of this run directory (set for qflow run, see run_state)."""
         self.in_flight = 0
         """Placements and executions not yet delivered (executor thread only)."""
+        self._placing: set[concurrent.futures.Future[Placement]] = set()
+        """Placements waiting for a slot (see :meth:`may_start`)."""
         self._failures: dict[int, str] = {}
         """Placement number -> why its quantum execution failed (for the fallback)."""
         self._completions: queue.SimpleQueue[Completion] = queue.SimpleQueue()
@@ -103,8 +107,16 @@ class Dispatcher:
         self.in_flight += 1
         coro = self._placed(step, iteration, fallback_reason)
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        self._placing.add(future)
+        future.add_done_callback(self._placing.discard)
         future.add_done_callback(lambda _: self._completions.put(Completion(None)))
         return future
+
+    def may_start(self) -> bool:
+        """Whether cwltool may start another scatter element now: fewer than ``LOOKAHEAD``
+        step executions wait for a slot. Jobs are then built about as fast as locations
+        take them, not thousands ahead of them."""
+        return len(self._placing) < LOOKAHEAD
 
     def failure_of(self, placement: Placement) -> str:
         """Why the quantum execution of ``placement`` failed, in the QPU's words if known."""

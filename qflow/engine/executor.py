@@ -11,7 +11,7 @@ calls cwltool's callback) on this thread, which holds ``workflow_eval_lock`` thr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cwltool.context import RuntimeContext
@@ -24,6 +24,20 @@ from qflow.engine.inputs import job_order_problems
 from qflow.engine.tools import step_paths
 
 _cwltool_logger = logging.getLogger("cwltool")
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` with ruamel.yaml's commented maps and lists made plain dicts and lists.
+
+    cwltool deep-copies the job order for every job it builds; a ruamel ``CommentedSeq``
+    copies its line and column records once per element (ruamel.yaml 0.19.1), so copying an
+    array of N items costs O(N²): 7 s for 1,000 items, minutes for 10,000.
+    """
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain_data(item) for item in value]
+    return value
 
 
 class BadInputError(WorkflowException):
@@ -62,6 +76,7 @@ class QflowExecutor(JobExecutor):
         runtime_context: RuntimeContext,
         logger: logging.Logger = _cwltool_logger,
     ) -> tuple[Any, str]:
+        job_order_object = plain_data(job_order_object)
         problems = self.dispatcher.deployment.check_steps(step_paths(process))
         problems += job_order_problems(process, job_order_object, runtime_context,
                                        self.job_source)  # fmt: skip
@@ -87,6 +102,7 @@ class QflowExecutor(JobExecutor):
         lock = runtime_context.workflow_eval_lock
         assert lock is not None
         runtime_context.qflow_dispatcher = self.dispatcher  # type: ignore[attr-defined]
+        runtime_context.qflow_may_start = self.dispatcher.may_start  # type: ignore[attr-defined]
         dispatcher = self.dispatcher
 
         jobs = process.job(job_order_object, self.output_callback, runtime_context)

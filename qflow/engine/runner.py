@@ -27,6 +27,7 @@ from cwltool.argparser import arg_parser
 from cwltool.context import LoadingContext
 
 from qflow.deployment import Deployment
+from qflow.engine import cwltool_scale
 from qflow.engine.dispatcher import Dispatcher
 from qflow.engine.executor import QflowExecutor
 from qflow.engine.reuse import ReuseStore
@@ -128,6 +129,7 @@ def run_cwl(
             _take(rundir, dispatcher, ledger)
 
     executor = QflowExecutor(dispatcher, job_source=job_source, on_validated=take_run_directory)
+    cwltool_scale.install()
     log_handler = logging.StreamHandler(sys.stderr)  # plain, instead of cwltool's coloredlogs
     log_handler.addFilter(RedactingFilter())
     cwltool_logger = logging.getLogger("cwltool")
