@@ -18,7 +18,7 @@ inputs:
   n_samples:
     type: int
     default: 3000
-    doc: points to generate (the papers used 80000, which runs too: see README.md)
+    doc: points to generate (the papers used 80000, which runs too, see README.md)
   centers:
     type: int
     default: 8
