@@ -2,10 +2,10 @@
 """Hybrid clustering aggregation: the steps of qflow's reference use case.
 
 One self-contained script (stdlib + numpy + scipy + scikit-learn + dwave-samplers) so that
-every CWL tool can stage it next to its inputs and run it with ``python3``. Only ``solve-qpu``, the
-quantum implementation, imports qflow: its QPU client, ``qflow.qpu_client`` (standard library
-only; docs/quantum-steps.md), imported where it is used, as scipy, scikit-learn and
-dwave-samplers are.
+every CWL tool can stage it next to its inputs and run it with ``python3``. Only
+``solve-qpu``, the quantum implementation, imports qflow: its QPU client,
+``qflow.qpu_client`` (standard library only; docs/quantum-steps.md), imported where it is
+used, as scipy, scikit-learn and dwave-samplers are.
 
 Subcommands (one per workflow step)::
 
