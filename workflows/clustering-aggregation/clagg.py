@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Hybrid clustering aggregation: the steps of qflow's reference use case.
 
-One self-contained script (stdlib + numpy + scikit-learn + dwave-samplers) so that every CWL
-tool can stage it next to its inputs and run it with ``python3``. Only ``solve-qpu``, the
-quantum implementation, imports qflow: its QPU client, ``qflow.qpu_client`` (standard library
-only; docs/quantum-steps.md), imported where it is used, as scikit-learn and dwave-samplers are.
+One self-contained script (stdlib + numpy + scipy + scikit-learn + dwave-samplers) so that
+every CWL tool can stage it next to its inputs and run it with ``python3``. Only
+``solve-qpu``, the quantum implementation, imports qflow: its QPU client,
+``qflow.qpu_client`` (standard library only; docs/quantum-steps.md), imported where it is
+used, as scipy, scikit-learn and dwave-samplers are.
 
 Subcommands (one per workflow step)::
 
@@ -16,6 +17,9 @@ Subcommands (one per workflow step)::
     solve         simulated annealing (classical stand-in for the QPU) -> solution.json
     solve-qpu     the same QUBO as a task on the QPU qflow placed the step on -> solution.json
     silhouette    decode the solution, score it, keep the best so far -> labels + score.json
+
+DBSCAN, single linkage and the exact silhouette are this script's own (section "scalable
+algorithms"), with sklearn's results but O(N) memory, so the papers' 80 000 points fit.
 
 Data formats (kept deliberately simple):
 
@@ -51,10 +55,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,28 +153,219 @@ def run_kmeans(points: np.ndarray, seed: int) -> np.ndarray:
 
 def run_dbscan(points: np.ndarray, seed: int) -> np.ndarray:
     """DBSCAN with eps from the seed; noise stays -1 (no cluster, see module docstring)."""
-    from sklearn.cluster import DBSCAN
-
     params = dbscan_params(seed)
-    model = DBSCAN(eps=params["eps"], min_samples=params["min_samples"])
-    return model.fit_predict(points).astype(np.int64)
+    return dbscan(points, float(params["eps"]), int(params["min_samples"]))
 
 
 def run_hierarchical(points: np.ndarray, seed: int) -> np.ndarray:
-    """Single-linkage agglomerative clustering cut to k clusters.
-
-    sklearn's single linkage uses a minimum spanning tree, so a few thousand points take well
-    under a second and no full distance matrix is kept.
-    """
-    from sklearn.cluster import AgglomerativeClustering
-
+    """Single-linkage agglomerative clustering cut to k clusters (k from the seed)."""
     params = hierarchical_params(seed)
-    k = min(params["n_clusters"], len(points))
-    model = AgglomerativeClustering(n_clusters=k, linkage="single")
-    return model.fit_predict(points).astype(np.int64)
+    return single_linkage(points, min(params["n_clusters"], len(points)))
 
 
 CLUSTERINGS = {"kmeans": run_kmeans, "dbscan": run_dbscan, "hierarchical": run_hierarchical}
+
+
+# --------------------------------------------------------------------------- scalable algorithms
+# The papers' 80 000 points: every pairwise structure (distance matrix, DBSCAN's stored
+# neighbourhoods, ~10 000 per point at eps 4.5) is tens of GB.  These keep memory O(N) (plus
+# fixed-size tiles) and give the same clusterings and score as the textbook versions.
+
+SILHOUETTE_TILE = 192
+"""Points per side of a distance tile in exact_silhouette: 192 x 192 float64 (288 KiB) and
+its temporary stay in a 512 KiB L2 cache (measured: 512 runs ~3x slower at 20 000 points)."""
+
+
+def euclidean_mst(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (i, j, squared length) of a Euclidean minimum spanning tree, N - 1 of them.
+
+    Duplicate points join their first copy with a 0-length edge; the distinct points' tree
+    comes from their Delaunay triangulation (which contains a Euclidean MST) in 2 or 3
+    dimensions, from Prim's algorithm otherwise.  Squared lengths are sums of squared
+    coordinate differences, the quantity DBSCAN compares with eps**2.
+    """
+    n = len(points)
+    distinct, first, inverse = np.unique(points, axis=0, return_index=True, return_inverse=True)
+    i, j = _distinct_mst(distinct)
+    copies = np.setdiff1d(np.arange(n), first)
+    i = np.concatenate([first[i], copies])
+    j = np.concatenate([first[j], first[inverse.ravel()[copies]]])
+    return i, j, _squared_lengths(points, i, j)
+
+
+def _squared_lengths(points: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    diff = points[i] - points[j]
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def _distinct_mst(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MST edges of distinct points: Delaunay + sparse MST, or Prim when qhull cannot help
+    (1 or > 3 dimensions, too few or flat points, points qhull merges as coplanar)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial import Delaunay, QhullError
+
+    n, dims = points.shape
+    if not 2 <= dims <= 3 or n <= dims + 1:
+        return _prim_mst(points)
+    try:
+        triangulation = Delaunay(points)
+    except QhullError:  # all points on a line or plane
+        return _prim_mst(points)
+    if len(triangulation.coplanar):
+        return _prim_mst(points)
+    simplices = triangulation.simplices
+    pairs = np.concatenate(
+        [simplices[:, [a, b]] for a in range(dims + 1) for b in range(a + 1, dims + 1)]
+    )
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
+    lengths = _squared_lengths(points, pairs[:, 0], pairs[:, 1])  # > 0: points are distinct
+    tree = minimum_spanning_tree(coo_matrix((lengths, (pairs[:, 0], pairs[:, 1])), (n, n)))
+    tree = tree.tocoo()
+    return tree.row.astype(np.int64), tree.col.astype(np.int64)
+
+
+def _prim_mst(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prim's algorithm with distances computed on the fly: O(N^2) time, O(N) memory."""
+    n = len(points)
+    nearest = np.full(n, np.inf)  # squared distance from the tree, inf once in the tree
+    parent = np.zeros(n, dtype=np.int64)
+    in_tree = np.zeros(n, dtype=bool)
+    current = 0
+    children = np.empty(n - 1, dtype=np.int64)
+    for step in range(n - 1):
+        in_tree[current] = True
+        diff = points - points[current]
+        dist = np.einsum("ij,ij->i", diff, diff)
+        closer = (dist < nearest) & ~in_tree
+        nearest[closer] = dist[closer]
+        parent[closer] = current
+        nearest[current] = np.inf
+        current = int(np.argmin(nearest))
+        children[step] = current
+    return parent[children], children
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n nodes joined by the edges (i, j)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def single_linkage(points: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Single linkage cut to n_clusters: the MST without its n_clusters - 1 longest edges.
+
+    Ties at the cut may split differently from another implementation; both are valid.
+    """
+    i, j, lengths = euclidean_mst(points)
+    keep = np.argsort(lengths, kind="stable")[: max(len(lengths) - (n_clusters - 1), 0)]
+    return components(len(points), i[keep], j[keep])
+
+
+def dbscan(points: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN with sklearn's exact labels, without storing every neighbourhood.
+
+    Core points (>= min_samples points within eps, itself included) are counted with a
+    k-d tree; clusters are the core points' components joined by MST edges <= eps (the same
+    components as all core pairs within eps), numbered in order of their first point as
+    sklearn does; a border point takes the lowest-numbered cluster among its core neighbours
+    (the one sklearn's scan reaches first).  Only non-core points' neighbourhoods are listed,
+    and each has fewer than min_samples points.
+    """
+    from scipy.spatial import cKDTree
+
+    labels = np.full(len(points), -1, dtype=np.int64)
+    counts = cKDTree(points).query_ball_point(points, eps, return_length=True)
+    core = np.flatnonzero(counts >= min_samples)
+    if not len(core):
+        return labels
+    i, j, lengths = euclidean_mst(points[core])
+    close = lengths <= eps * eps
+    component = components(len(core), i[close], j[close])
+    _, first = np.unique(component, return_index=True)
+    number = np.empty(len(first), dtype=np.int64)
+    number[np.argsort(first)] = np.arange(len(first))
+    labels[core] = number[component]
+    others = np.flatnonzero(counts < min_samples)
+    if not len(others):
+        return labels
+    neighbours = cKDTree(points[core]).query_ball_point(points[others], eps)
+    sizes = np.fromiter(map(len, neighbours), dtype=np.int64, count=len(others))
+    if sizes.any():
+        owner = np.repeat(others, sizes)
+        reached = labels[core[np.concatenate(neighbours[sizes > 0]).astype(np.int64)]]
+        lowest = np.full(len(points), np.iinfo(np.int64).max)
+        np.minimum.at(lowest, owner, reached)
+        border = others[sizes > 0]
+        labels[border] = lowest[border]
+    return labels
+
+
+def exact_silhouette(
+    points: np.ndarray, labels: np.ndarray, tile: int = SILHOUETTE_TILE, workers: int = 0
+) -> float:
+    """Mean silhouette over all points, as sklearn's silhouette_score without sampling.
+
+    Points are sorted by label and distances computed in square tiles, each pair once: a
+    tile's row sums per label run go to its rows, its column sums to its columns.  Rows of
+    tiles are shared among ``workers`` threads (0: the CPUs this process may use; numpy
+    releases the GIL), each with its own (N, k) per-label sums, so memory is O(N k) per
+    worker plus its tiles.
+    """
+    values, encoded = np.unique(labels, return_inverse=True)
+    order = np.argsort(encoded.ravel(), kind="stable")
+    x, lab = points[order], encoded.ravel()[order]
+    n, k = len(x), len(values)
+    runs = [_label_runs(lab[a : a + tile]) for a in range(0, n, tile)]
+
+    def tile_rows(first_row: int, step: int) -> np.ndarray:
+        sums = np.zeros((n, k))
+        for row in range(first_row, len(runs), step):
+            a = row * tile
+            for col in range(row, len(runs)):
+                c = col * tile
+                dist = _distances(x[a : a + tile], x[c : c + tile])
+                starts, run_labels = runs[col]
+                sums[a : a + tile, run_labels] += np.add.reduceat(dist, starts, axis=1)
+                if col != row:
+                    starts, run_labels = runs[row]
+                    sums[c : c + tile, run_labels] += np.add.reduceat(dist, starts, axis=0).T
+        return sums
+
+    workers = workers or len(os.sched_getaffinity(0))
+    with ThreadPoolExecutor(workers) as pool:
+        sums = sum(pool.map(tile_rows, range(workers), [workers] * workers))
+    size = np.bincount(lab, minlength=k)
+    rows = np.arange(n)
+    own = sums[rows, lab] / np.maximum(size[lab] - 1, 1)
+    mean_to = sums / size
+    mean_to[rows, lab] = np.inf
+    other = mean_to.min(axis=1)
+    scale = np.maximum(own, other)
+    score = np.divide(other - own, scale, out=np.zeros(n), where=scale > 0)
+    score[size[lab] == 1] = 0.0  # a point alone in its cluster scores 0
+    return float(np.mean(score))
+
+
+def _label_runs(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets and labels of the runs of equal labels in a sorted label array."""
+    starts = np.flatnonzero(np.concatenate([[True], lab[1:] != lab[:-1]]))
+    return starts, lab[starts]
+
+
+def _distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Euclidean distances between the rows of x and of y, from coordinate differences
+    (no |x|^2 + |y|^2 - 2xy cancellation)."""
+    dist = np.subtract.outer(x[:, 0], y[:, 0])
+    dist *= dist
+    for f in range(1, x.shape[1]):
+        diff = np.subtract.outer(x[:, f], y[:, f])
+        diff *= diff
+        dist += diff
+    return np.sqrt(dist, out=dist)
 
 
 # --------------------------------------------------------------------------- QUBO
@@ -345,21 +542,19 @@ def silhouette(
 ) -> float:
     """Silhouette score; -1 with fewer than 2 clusters.
 
-    The exact score is O(N^2); ``sample`` (None or <= 0 for exact) uses sklearn's sample_size
-    with a fixed random_state, so the sampled score is reproducible.
+    The exact score is O(N^2) in time; ``sample`` (None or <= 0 for exact) scores the same
+    fixed random subset sklearn's ``sample_size`` with ``random_state`` would, so the sampled
+    score is reproducible.
     """
-    from sklearn.metrics import silhouette_score
-
     n_clusters = len(np.unique(labels[labels >= 0]))
     if n_clusters < 2 or n_clusters >= len(points):
         return NO_SCORE
-    sample_size = sample if sample and 0 < sample < len(points) else None
-    try:
-        return float(
-            silhouette_score(points, labels, sample_size=sample_size, random_state=random_state)
-        )
-    except ValueError:  # the sample happened to hit a single cluster
-        return NO_SCORE
+    if sample and 0 < sample < len(points):
+        chosen = np.random.RandomState(random_state).permutation(len(points))[:sample]
+        points, labels = points[chosen], labels[chosen]
+        if not 2 <= len(np.unique(labels)) < len(points):  # the sample hit a single cluster
+            return NO_SCORE
+    return exact_silhouette(points, labels)
 
 
 def keep_best(score: float, best_score: float | None, has_best_labels: bool) -> bool:

@@ -18,7 +18,7 @@ inputs:
   n_samples:
     type: int
     default: 3000
-    doc: points to generate (the papers used 80000; 3000 suits a 2-core machine)
+    doc: points to generate (the papers used 80000, which runs too, see README.md)
   centers:
     type: int
     default: 8
@@ -46,7 +46,7 @@ inputs:
   silhouette_sample:
     type: int
     default: 2000
-    doc: silhouette computed on this many sampled points (0 = exact)
+    doc: silhouette computed on this many sampled points (0 = exact, as in the papers)
   num_reads:
     type: int
     default: 100

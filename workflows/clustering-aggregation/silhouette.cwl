@@ -13,7 +13,7 @@ requirements:
     coresMin: 1
     ramMin: 512
   ToolTimeLimit:
-    timelimit: 300
+    timelimit: 900  # the exact silhouette of 80 000 points: ~1 min alone, more when shared
 baseCommand: python3
 arguments:
   - {position: 1, valueFrom: silhouette}
@@ -46,7 +46,7 @@ inputs:
   sample:
     type: int
     default: 2000
-    doc: silhouette on a fixed random sample of this many points (0 = exact, O(N^2))
+    doc: silhouette on a fixed random sample of this many points (0 = exact, O(N^2) time)
     inputBinding: {position: 8, prefix: --sample}
   previous_best_score:
     type: float?
