@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from rocrate.rocrate import ROCrate
 
 from conftest import REPO, qflow_cli
 
@@ -18,7 +19,8 @@ def test_clustering_aggregation_loops_until_the_silhouette_threshold(tmp_path: P
     # at 1500 points, seed 0 needs three iterations before a consensus beats 0.8
     proc = qflow_cli(
         "run", str(CLUSTERING), str(REPO / "deployments" / "local.yml"),
-        "--outdir", str(tmp_path), "--", "--seed", "0", "--n_samples", "1500",
+        "--outdir", str(tmp_path), "--provenance", str(tmp_path / "crate"),
+        "--", "--seed", "0", "--n_samples", "1500",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
@@ -45,6 +47,22 @@ def test_clustering_aggregation_loops_until_the_silhouette_threshold(tmp_path: P
         assert (r["qpu_seconds"] > 0) == on_qpu
         assert r["nodes"] == 0 and r["node_seconds"] == 0
     assert report["totals"]["qpu_seconds"] > 0
+    _check_annealing_in_the_crate(tmp_path / "crate", iterations)
+
+
+def _check_annealing_in_the_crate(crate_dir: Path, iterations: int) -> None:
+    """The provenance crate says where, and on which QPU, /loop/annealing ran each time."""
+    crate = ROCrate(crate_dir)
+    actions = [e for e in crate.get_entities() if e.type == "CreateAction"]
+    annealing = [a for a in actions if a.get("stepPath") == "/loop/annealing"]
+    assert sorted(a["iteration"] for a in annealing) == list(range(iterations))
+    for action in annealing:
+        location = action["location"]
+        assert location["name"] == "qpu" and location["connector"] == "emulator"
+        assert location["qpuBackend"] == "superconducting"  # deployments/local.yml's QPU
+        assert action["quantum"] is True and action["qpuSeconds"] > 0
+        assert action["instrument"].id == "workflow/solve-qpu.cwl"  # the quantum implementation
+        assert (crate_dir / action["instrument"].id).is_file()
 
 
 def test_clustering_on_hyperqueue_with_the_qpu_client_as_a_task(tmp_path: Path, hq_server):

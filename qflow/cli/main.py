@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the interrupted or crashed run whose --outdir was RUNDIR",
     )
     run.add_argument("--report", help=f"run report path (default OUTDIR/{REPORT_NAME})")
+    run.add_argument(
+        "--provenance",
+        metavar="DIR",
+        help="also write a Workflow Run RO-Crate of the run into DIR (new or empty)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.add_argument("--verbose", action="store_true", help="show cwltool's own log")
     run.add_argument("--no-container", action="store_true", help="ignore DockerRequirement hints")

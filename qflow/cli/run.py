@@ -56,6 +56,18 @@ def _writable(path: Path, flag: str, directory: bool) -> None:
         )
 
 
+def check_provenance(path: str) -> None:
+    """``--provenance DIR`` can take a crate: a new or empty directory that can be written."""
+    target = Path(path)
+    _writable(target, "--provenance", directory=True)
+    if target.is_dir() and any(target.iterdir()):
+        raise BadArguments(
+            f"--provenance {target} exists and is not empty (a crate goes only into a new or "
+            "empty directory, so nothing is mixed in or lost). Fix: give a new directory, or "
+            "empty this one"
+        )
+
+
 def check_run_directory(state: RunState, resume: bool) -> None:
     """The directory is free for this command (reads only)."""
     holder = state.holder()
@@ -147,6 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             _writable(state.rundir, "--outdir", directory=True)
             check_run_directory(state, resume=False)
         _writable(Path(invocation.report), "--report", directory=False)
+        if args.provenance:
+            check_provenance(args.provenance)
         if args.resume:
             deployment = _deployment(invocation.deployment)
     except (BadArguments, RunStateError, DeploymentError) as exc:
@@ -185,6 +199,7 @@ def _run(
             report_path=invocation.report,
             ledger=ledger,
             rundir=RunDirectory(state, None if resume else invocation),
+            provenance=str(Path(args.provenance).resolve()) if args.provenance else None,
         )
     if result.status is None:  # refused before it ran: leave no trace
         for path in reversed(created):
@@ -197,6 +212,7 @@ def _run(
             f"qflow: {result.status}: {totals['steps']} step executions ({reused} reused), "
             f"{totals['node_seconds']:.1f} node-s, {totals['qpu_seconds']:.1f} QPU-s, "
             f"{totals['fallbacks']} fallbacks; report: {invocation.report}"
+            + (f"; provenance: {args.provenance}" if args.provenance else "")
         )
     return result.exit_code
 

@@ -68,6 +68,10 @@ class QflowExecutor(JobExecutor):
         """True once all input was validated and jobs may be submitted."""
         self.bad_input: list[str] = []
         self.errors: list[str] = []
+        self.process: Process | None = None
+        """The loaded workflow (or tool) that ran, once validated: the provenance crate's."""
+        self.job_order: Any = None
+        """Its resolved job order (inputs, defaults filled in), as cwltool handed it over."""
 
     def execute(
         self,
@@ -90,6 +94,7 @@ class QflowExecutor(JobExecutor):
                 self.bad_input = [str(exc)]
                 raise BadInputError(str(exc)) from None
         self.started_running = True
+        self.process, self.job_order = process, job_order_object
         return super().execute(process, job_order_object, runtime_context, logger)
 
     def run_jobs(

@@ -97,12 +97,14 @@ def run_cwl(
     stdout: IO[str] | None = None,
     bad_input_exit: bool = True,
     rundir: RunDirectory | None = None,
+    provenance: str | None = None,
 ) -> RunResult:
     """Run ``cwltool <cwltool_argv>`` with every CommandLineTool placed by ``deployment``.
 
     With ``bad_input_exit`` every failure before the first submission exits 2 (``qflow run``);
     without it cwltool's own codes are kept (33 = unsupported feature, which cwltest reads),
-    except for unbound steps, which are always 2.
+    except for unbound steps, which are always 2. With ``provenance`` (a new or empty
+    directory) the run's provenance crate is written there along with the report.
     """
     argv = list(cwltool_argv)
     if "--enable-ext" not in argv:
@@ -178,9 +180,28 @@ def run_cwl(
     )
     if report_path:
         write_report(report, report_path)
+    if provenance:
+        code = _write_provenance(provenance, report, executor, deployment, code)
     if state is not None:
         state.finish(status)
     return RunResult(code, status, report, ledger)
+
+
+def _write_provenance(
+    target: str, report: dict[str, Any], executor: QflowExecutor, deployment: Deployment, code: int
+) -> int:
+    """The crate of the run; a crate that cannot be written fails an otherwise good run."""
+    if executor.process is None:  # interrupted before the workflow was even validated
+        _logger.error("no provenance crate: the run was stopped before the workflow ran")
+        return code
+    try:
+        from qflow.provenance import write_crate
+
+        write_crate(target, report, executor.process, executor.job_order, deployment)
+    except Exception as exc:  # noqa: BLE001 - the run is over: say why, never lose its report
+        _logger.error("could not write the provenance crate to %s: %s", target, exc)
+        return code or 1
+    return code
 
 
 def state_listener(state: RunState) -> Any:
