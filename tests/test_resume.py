@@ -19,7 +19,7 @@ from qflow.rundir.state import JsonLines
 from qflow.testing.processes import process_alive
 
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
-INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2"]  # two iterations
+INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2", "--threshold", "0.99"]  # two iterations
 
 
 def _lines(path: Path) -> list[dict]:
