@@ -65,7 +65,8 @@ from qflow.connectors.slurm_jobs import (
 from qflow.connectors.slurm_outcome import batch_outcome, marker_outcome
 from qflow.connectors.slurm_salloc import run_in_salloc
 from qflow.connectors.slurm_script import Plan, make_plan, one_task, safe_name
-from qflow.connectors.slurm_transport import SlurmError, slurm_transport
+from qflow.connectors.slurm_snapshot import SqueueSnapshots
+from qflow.connectors.slurm_transport import SlurmError, cluster_identity, slurm_transport
 from qflow.connectors.transport import Transport, shielded
 from qflow.rundir.journal import Resource
 
@@ -90,6 +91,8 @@ class SlurmConnector(Connector[SlurmConfig]):
         super().__init__(location, config, context)
         self.transport: Transport = slurm_transport(config, location)
         self.jobs = SlurmJobs(self.transport, location, config.poll_interval)
+        self.snapshots = SqueueSnapshots(self.jobs, cluster_identity(config),
+                                         config.squeue_interval)  # fmt: skip
         self.workdir: str | None = None
         """The location's work directory (exit-status files, logs), once prepared."""
         self.salloc_names: set[str] = set()
@@ -345,13 +348,16 @@ class SlurmConnector(Connector[SlurmConfig]):
                 tracked.done.set()
 
     async def _look_at_squeue(self, waiting: list[_Tracked]) -> None:
-        """The safety net: jobs Slurm ended (or lost) without their exit marker."""
+        """The safety net: jobs Slurm ended (or lost) without their exit marker, from the
+        snapshot of ``squeue`` this user's runs share (:mod:`slurm_snapshot`)."""
         if not waiting:
             return
-        infos = await self.jobs.squeue([t.jobid for t in waiting])
+        snapshot = await self.snapshots.current()
         for tracked in waiting:
-            info = infos.get(tracked.jobid)
+            info = snapshot.infos.get(tracked.jobid)
             if info is None:
+                if tracked.submitted >= snapshot.taken:
+                    continue  # submitted after the snapshot was asked for
                 tracked.missing += 1
                 if tracked.missing >= VANISHED_POLLS:
                     tracked.done.set()
@@ -381,6 +387,8 @@ class _Tracked:
     jobid: str
     on_started: JobStartedCallback | None
     plan: Plan
+    submitted: float = dataclasses.field(default_factory=time.time)
+    """When qflow learnt its id (``sbatch`` had returned)."""
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     exit_marked: bool = False
     """Its exit marker was seen: the script ran to its end (Slurm needs no asking)."""

@@ -152,9 +152,10 @@ class SlurmConfig(LocationConfig):
         default=10.0,
         gt=0,
         le=600,
-        description="Seconds between two `squeue` calls while jobs are in flight (one call "
-        "covers all jobs of the location): the safety net for jobs Slurm ends before their "
-        "script does (time limit, cancel, node failure), noticed within about this time.",
+        description="Seconds between two looks at `squeue` while jobs are in flight: the "
+        "safety net for jobs Slurm ends before their script does (time limit, cancel, node "
+        "failure), noticed within about this time. One `squeue --me` serves every location "
+        "and run of the user on this host (a shared snapshot, see docs/slurm.md).",
     )
 
     @field_validator("time")

@@ -74,9 +74,9 @@ class SlurmJobs:
     async def squeue(
         self, ids: list[str] | None = None, *, name: str | None = None
     ) -> dict[str, JobInfo]:
-        """Slurm's records of the jobs ``ids`` (or of the jobs named ``name``), finished ones
-        too while the controller keeps them (``MinJobAge``)."""
-        which = f"--jobs={','.join(ids)}" if ids else f"--name={name}"
+        """Slurm's records of the jobs ``ids`` (or of the jobs named ``name``; neither: all of
+        this user's jobs), finished ones too while the controller keeps them (``MinJobAge``)."""
+        which = f"--jobs={','.join(ids)}" if ids else f"--name={name}" if name else "--me"
         rc, out, err = await self.transport.run(
             ["squeue", "--noheader", "--states=all", which, f"--Format={_SQUEUE_FORMAT}"],
             env=QUERY_ENV,

@@ -36,3 +36,9 @@ def slurm_transport(config: SlurmConfig, location: str) -> Transport:
         return SshTransport(login, location, env)
     conf = config.slurm_conf or os.environ.get("SLURM_CONF")
     return LocalTransport({"SLURM_CONF": str(Path(conf).expanduser())} if conf else {})
+
+
+def cluster_identity(config: SlurmConfig) -> str:
+    """What tells this location's cluster apart on this host: login node and slurm.conf."""
+    conf = config.slurm_conf or ("" if config.login else os.environ.get("SLURM_CONF", ""))
+    return f"{config.login or ''}:{config.ssh_port or ''}:{conf}"

@@ -19,7 +19,8 @@ from qflow.rundir.state import JsonLines
 from qflow.testing.processes import process_alive
 
 CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
-INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2", "--threshold", "0.99"]  # two iterations
+# two iterations: no consensus reaches the threshold
+INPUTS = ["--", "--n_samples", "1000", "--max_iterations", "2", "--threshold", "0.99"]
 
 
 def _lines(path: Path) -> list[dict]:
