@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import queue
+import shutil
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = {"classical": 0, "quantum": 0}
         """Executions running now, by kind: phase changes are told to the connectors."""
+        self._remover = concurrent.futures.ThreadPoolExecutor(1, "qflow-remove")
+        """Deletes finished jobs' scratch directories (see :meth:`remove_later`)."""
         self._loop = asyncio.new_event_loop()
         self.placer.slots.bind(self._loop)
         self._thread = threading.Thread(target=self._loop.run_forever, name="qflow-io", daemon=True)
@@ -140,6 +143,12 @@ class Dispatcher:
         if placement.lease is not None:
             asyncio.run_coroutine_threadsafe(self.placer.release(placement), self._loop)
 
+    def remove_later(self, *paths: str) -> None:
+        """Delete directories off the executor thread: an ``rmdir`` can take milliseconds
+        (2 ms on this machine's disk), which a scatter's dispatch should not wait for."""
+        for path in paths:
+            self._remover.submit(shutil.rmtree, path, True)
+
     def next_completion(self, block: bool = True) -> Completion | None:
         """The next finished step execution (None if ``block`` is false and there is none)."""
         while True:
@@ -168,7 +177,8 @@ class Dispatcher:
             _logger.error("connectors did not finish cancelling within %.0f s", CANCEL_TIMEOUT_S)
 
     def close(self) -> None:
-        """Stop the connectors, the QPU gateway and the event loop."""
+        """Stop the connectors, the QPU gateway and the event loop; finish deleting."""
+        self._remover.shutdown(wait=True)
         if self._loop.is_closed():
             return
         future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -221,9 +220,8 @@ class ConnectorJob(CommandLineJob):
 
     def _cleanup(self, rc: RuntimeContext) -> None:
         if rc.rm_tmpdir:
-            if self.stagedir is not None:
-                shutil.rmtree(self.stagedir, True)
-            shutil.rmtree(self.tmpdir, True)
+            scratch = [path for path in (self.stagedir, self.tmpdir) if path]
+            rc.qflow_dispatcher.remove_later(*scratch)  # type: ignore[attr-defined]
 
 
 def _number(value: Any) -> float | None:
