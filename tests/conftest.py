@@ -34,9 +34,11 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(autouse=True)
 def _own_placement_history(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
-    """Each test keeps its placement history (XDG_STATE_HOME) to itself, so its estimates
-    never come from another test or from this machine's own runs."""
+    """Each test keeps its placement history (XDG_STATE_HOME) and its shared ``squeue``
+    snapshots to itself, so its estimates and its view of Slurm never come from another
+    test or from this machine's own runs."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+    monkeypatch.setenv("QFLOW_SQUEUE_SNAPSHOTS", str(tmp_path_factory.mktemp("squeue")))
 
 
 def deployment_from(text: str, source: str = "test-deployment.yml") -> Deployment:
