@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import DATA, deployment_from, qflow_cli, run_in_process
+from conftest import DATA, deployment_from, qflow_cli, qflow_interruptible, run_in_process
 from qflow.cli.validate import validate_workflow
 from qflow.engine.runner import run_cwl
 from qflow.testing.container_images import MARKER, MARKER_TEXT
@@ -67,6 +71,32 @@ def test_a_step_runs_in_its_image_in_a_hyperqueue_task(tmp_path: Path, hq_server
         f"{{connector: hyperqueue, server_dir: {hq_server.server_dir}, container_runtime: podman}}",
     )
     assert step["connector"] == "hyperqueue" and step["external_id"]
+
+
+def test_a_cancelled_step_leaves_no_container(tmp_path: Path):
+    seconds = str(200 + os.getpid() % 100)  # names this test's container among others'
+
+    def containers() -> list[str]:
+        listed = subprocess.run(["podman", "ps", "-a", "--format", "{{.Command}}"],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        return [c for c in listed.stdout.splitlines() if c.strip() == f"sleep {seconds}"]
+
+    proc = qflow_interruptible(
+        "run", "--podman", str(DATA / "sleep-in-image.cwl"), "--quiet",
+        "--outdir", str(tmp_path), "--", "--seconds", seconds, cwd=tmp_path,
+    )  # fmt: skip
+    _wait_for(lambda: bool(containers()), proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    _wait_for(lambda: not containers())  # --rm takes a moment after the container ends
+
+
+def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert proc is None or proc.poll() is None, "qflow ended before the awaited moment"
+        assert time.monotonic() < deadline, "the awaited moment never came"
+        time.sleep(0.2)
 
 
 def test_without_containers_the_step_runs_on_the_host(tmp_path: Path):

@@ -7,7 +7,7 @@ in ``_execute``, which qflow's :class:`~qflow.engine.job.ConnectorJob` turns int
 :class:`~qflow.connector.JobSpec` for the placed location's connector. So the container
 layer is cwltool's own; this module only chooses which of them a location uses
 (``container_runtime:``, else the run's ``--podman``/``--singularity``, else docker) and
-adapts three things to a command that may run on another host:
+adapts four things to a command that may run on another host or be cancelled:
 
 * the environment: cwltool hands the runtime command all of this host's environment; the
   connector gets only what the runtime itself reads (:data:`RUNTIME_VARIABLES`), the
@@ -16,7 +16,12 @@ adapts three things to a command that may run on another host:
 * no ``--cidfile``: it feeds cwltool's memory monitor, which polls the runtime on this host
   while the process runs here, and a rerun (``retries``) would fail on the existing file;
 * podman run by root: cwltool asks for ``--userns=keep-id``, which podman refuses outside
-  rootless mode ("keep-id is only supported in rootless mode"); root needs no mapping.
+  rootless mode ("keep-id is only supported in rootless mode"); root needs no mapping;
+* ``--init`` (docker, podman): a cancelled step's connector sends SIGTERM to the runtime's
+  client, which passes it on to the container's PID 1, and a command as PID 1 ignores it
+  (no default signal actions there); the container would outlive the SIGKILL that follows,
+  under the runtime's daemon or ``conmon``. The init (docker-init, podman's catatonit) ends
+  the command, the client exits and ``--rm`` removes the container.
 
 Images are looked for (and pulled unless ``--disable-pull``) on this host, once per image
 and run (cwltool's cache), before the run starts (:func:`container_problems`).
@@ -85,6 +90,8 @@ class ContainerConnectorJob(ConnectorJob, ContainerCommandLineJob):
         runtime, _ = super().create_runtime(env, runtime_context)  # type: ignore[safe-super]
         dropped = {"--userns=keep-id"} if self.RUNTIME == "podman" and os.geteuid() == 0 else set()
         runtime = [a for a in runtime if a not in dropped and not a.startswith("--cidfile=")]
+        if runtime[1:2] == ["run"]:  # docker, podman: an init forwards the connector's SIGTERM
+            runtime.insert(2, "--init")
         return runtime, None
 
     def command_environment(self, env: MutableMapping[str, str]) -> dict[str, str]:

@@ -9,7 +9,8 @@ cwltool's check for ``docker.io/NAME:TAG`` finds). ``bash:4.4`` gets the entrypo
 real image, a script that prepends ``bash`` when the command is an option (the suite's
 ``docker_entrypoint``).
 
-Podman itself comes from Debian (``apt-get install podman runc``) when it is missing, and
+Podman itself comes from Debian (``apt-get install podman runc catatonit``, the last for
+``--init``) when it is missing, and
 runs with the configuration that works on these machines (``runc``, the ``cgroupfs`` cgroup
 manager, no default ulimits) from a qflow-owned containers.conf named by ``CONTAINERS_CONF``.
 
@@ -81,9 +82,10 @@ def content_key() -> str:
 
 
 def ensure_podman() -> dict[str, str]:
-    """Podman (from Debian if missing) and qflow's containers.conf; the variables to set."""
-    if shutil.which("podman") is None or shutil.which("runc") is None:
-        _apt_install("podman", "runc")
+    """Podman, runc, catatonit (from Debian if missing) and qflow's containers.conf; the
+    variables to set."""
+    if not all(shutil.which(command) for command in ("podman", "runc", "catatonit")):
+        _apt_install("podman", "runc", "catatonit")
     conf = cache_dir().parent / "containers.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     if not conf.is_file() or conf.read_text() != CONTAINERS_CONF:
