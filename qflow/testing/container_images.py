@@ -33,7 +33,7 @@ from pathlib import Path
 SUITE = "bookworm"
 PACKAGES = (
     "base-files", "bash", "dash", "coreutils", "bsdextrautils", "grep", "sed", "findutils",
-    "python3-minimal",
+    "python3",
 )  # fmt: skip
 """The root filesystem's packages (with their dependencies)."""
 
@@ -141,6 +141,9 @@ def _rootfs(key: str) -> Path:
           f"--include={','.join(PACKAGES)}", *excluded, SUITE, str(partial)])  # fmt: skip
     _complete(partial)
     partial.rename(tarball)
+    for stale in tarball.parent.glob("rootfs-*.tar"):  # built from what no longer is
+        if stale != tarball:
+            stale.unlink()
     return tarball
 
 
