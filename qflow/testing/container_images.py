@@ -3,11 +3,11 @@
 No container registry is reachable from the test machines, so the images are made from
 Debian's packages: one root filesystem (``mmdebstrap --variant=extract``: the packages
 unpacked, nothing configured, which is what makes it cheap) holding bash, dash, coreutils,
-rev, grep, sed, find, python3 (``python`` too) and the file :data:`MARKER`, imported into
-podman under every name in :data:`IMAGES` (as ``docker.io/library/NAME:TAG``, which is what
-cwltool's check for ``docker.io/NAME:TAG`` finds). ``bash:4.4`` gets the entrypoint of the
-real image, a script that prepends ``bash`` when the command is an option (the suite's
-``docker_entrypoint``).
+rev (util-linux), grep, sed, find, python3 (``python`` too) and the file :data:`MARKER`,
+imported into podman under every name in :data:`IMAGES` (as ``docker.io/library/NAME:TAG``,
+which is what cwltool's check for ``docker.io/NAME:TAG`` finds). ``bash:4.4`` gets the
+entrypoint of the real image, a script that prepends ``bash`` when the command is an option
+(the suite's ``docker_entrypoint``).
 
 Podman itself comes from Debian (``apt-get install podman runc catatonit``, the last for
 ``--init``) when it is missing, and
@@ -32,7 +32,7 @@ from pathlib import Path
 
 SUITE = "bookworm"
 PACKAGES = (
-    "base-files", "bash", "dash", "coreutils", "bsdextrautils", "grep", "sed", "findutils",
+    "base-files", "bash", "dash", "coreutils", "util-linux", "grep", "sed", "findutils",
     "python3",
 )  # fmt: skip
 """The root filesystem's packages (with their dependencies)."""
