@@ -6,10 +6,10 @@ import os
 
 from pydantic import Field, field_validator
 
-from qflow.connector import EnvironmentVariables, LocationConfig
+from qflow.connector import ClassicalLocationConfig, EnvironmentVariables
 
 
-class HyperQueueConfig(LocationConfig):
+class HyperQueueConfig(ClassicalLocationConfig):
     """Keys of a ``connector: hyperqueue`` location."""
 
     server_dir: str = Field(

@@ -17,7 +17,13 @@ import sys
 import time
 from typing import IO, Any
 
-from qflow.connector import Connector, JobOutcome, JobSpec, JobStartedCallback, LocationConfig
+from qflow.connector import (
+    ClassicalLocationConfig,
+    Connector,
+    JobOutcome,
+    JobSpec,
+    JobStartedCallback,
+)
 from qflow.rundir.journal import Resource
 
 KILL_GRACE_S = 2.0
@@ -118,10 +124,10 @@ async def end_process_groups(groups: set[int]) -> None:
         kill_process_group(pgid, signal.SIGKILL)
 
 
-class LocalConnector(Connector[LocationConfig]):
+class LocalConnector(Connector[ClassicalLocationConfig]):
     """Runs step commands on the orchestrator host."""
 
-    Config = LocationConfig
+    Config = ClassicalLocationConfig
     outlives_host = False
 
     async def cancel_orphan(self, resource: Resource) -> None:

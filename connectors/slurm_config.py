@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from qflow.connector import EnvironmentVariables, LocationConfig
+from qflow.connector import ClassicalLocationConfig, EnvironmentVariables
 
 _SLURM_TIME = re.compile(
     r"^(?:\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}"
@@ -15,7 +15,7 @@ _SLURM_TIME = re.compile(
 )
 
 
-class SlurmConfig(LocationConfig):
+class SlurmConfig(ClassicalLocationConfig):
     """Keys of a ``connector: slurm`` location."""
 
     partition: str | None = Field(
@@ -187,6 +187,11 @@ class SlurmConfig(LocationConfig):
         if value is not None and (not value.strip() or value.startswith("-") or " " in value):
             raise ValueError(f"{value!r} is not a user@host or host name for ssh")
         return value
+
+    @property
+    def runs_commands_here(self) -> bool:
+        """Through a ``login`` node, commands run on another site's nodes."""
+        return self.login is None
 
     def allocation_problem(self, strategy: str) -> tuple[str, str] | None:
         if self.login and strategy != "per-step":

@@ -2,7 +2,9 @@
 
 A connector decides *where a step's command runs* (this host, a Slurm job, a HyperQueue task).
 The engine hands it a fully prepared :class:`JobSpec` (command line, environment, working
-directory and redirections exactly as cwltool would run them) and awaits :meth:`Connector.run`.
+directory and redirections exactly as cwltool would run them; for a step in a software
+container, the command is the container runtime's, as cwltool builds it) and awaits
+:meth:`Connector.run`.
 Cancelling that coroutine (``asyncio.CancelledError``) must release everything the job holds:
 kill the process group, ``scancel`` the job, cancel the task. Connectors never see CWL.
 
@@ -79,6 +81,29 @@ class LocationConfig(BaseModel):
         return None
 
 
+ContainerRuntime = Literal["docker", "podman", "singularity", "apptainer"]
+"""The software-container runtimes a step with a ``DockerRequirement`` can run in."""
+
+
+class ClassicalLocationConfig(LocationConfig):
+    """Keys of every location that runs step commands (this host, Slurm, HyperQueue)."""
+
+    container_runtime: ContainerRuntime | None = Field(
+        default=None,
+        description="Runtime that runs the steps with a `DockerRequirement` here: docker, "
+        "podman, or singularity/apptainer (Apptainer's `singularity` command; the HPC "
+        "case). Unset: the run's choice (`--podman`, `--singularity`, else docker). "
+        "`--no-container` runs every step without one (docs/containers.md).",
+    )
+
+    @property
+    def runs_commands_here(self) -> bool:
+        """Whether step commands run on hosts that share this host's software (its
+        container runtime and images are checked before a run); a connector whose commands
+        run elsewhere (a Slurm ``login``) says False."""
+        return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Resources:
     """What the step asked for (CWL ResourceRequirement, ToolTimeLimit, MPIRequirement).
@@ -115,6 +140,9 @@ class JobSpec:
     resources: Resources
     allocation: str | None = None
     """Allocation strategy the step's binding sets (``bindings``); None: the location's."""
+    container_image: str | None = None
+    """The software-container image ``command`` runs in (a ``DockerRequirement``); None:
+    none. Informative: the command already is the container runtime's."""
     execution_id: str = ""
     """Unique in the run directory, journalled before :meth:`Connector.run` is called: a
     connector that names its job after it (a Slurm job name, an environment tag) lets a

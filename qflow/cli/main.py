@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from qflow import __version__
+from qflow.cli.container_flags import add_container_flags, runtime_context
 from qflow.cli.output import err, fail
 from qflow.deployment import DeploymentError, load_deployment
 from qflow.reporting.table import REPORT_NAME
@@ -40,7 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         deployment = load_deployment(args.deployment)
     except DeploymentError as exc:
         return fail(str(exc))
-    problems = validate_workflow(args.workflow, deployment)
+    problems = validate_workflow(args.workflow, deployment, runtime_context(args))
     if problems:
         return fail("\n".join(problems))
     err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.add_argument("--verbose", action="store_true", help="show cwltool's own log")
-    run.add_argument("--no-container", action="store_true", help="ignore DockerRequirement hints")
+    add_container_flags(run)
     run.set_defaults(func=cmd_run)
 
     clean = sub.add_parser(
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a workflow and a deployment together")
     validate.add_argument("workflow")
     validate.add_argument("deployment")
+    add_container_flags(validate)
     validate.set_defaults(func=cmd_validate)
 
     report = sub.add_parser("report", help="print run reports as tables")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML, YAMLError
 
+from qflow.cli.container_flags import container_flags
 from qflow.cli.output import err, fail
 from qflow.deployment import (
     TOP_LEVEL_KEYS,
@@ -186,8 +187,7 @@ def _run(
     ]  # fmt: skip
     if not args.verbose:
         argv.append("--quiet")
-    if args.no_container:
-        argv.append("--no-container")
+    argv += container_flags(args)
     argv += [invocation.workflow, *([invocation.job] if invocation.job else []), *invocation.inputs]
     created = state.new_directories()
     with contextlib.ExitStack() as stack:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cwltool.context import LoadingContext
+from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.load_tool import load_tool
 from cwltool.process import Process
 from schema_salad.exceptions import ValidationException
 
 from qflow.deployment import Deployment
+from qflow.engine.images import container_problems
 from qflow.engine.schema import install_schemas
 from qflow.engine.tools import make_tool, step_paths
 
@@ -23,8 +24,14 @@ def load_process(workflow: str) -> Process:
     return load_tool(str(Path(workflow).resolve()), context)
 
 
-def validate_workflow(workflow: str, deployment: Deployment) -> list[str]:
-    """Problems that would stop a run before anything is allocated; [] when it may start."""
+def validate_workflow(
+    workflow: str, deployment: Deployment, runtime_context: RuntimeContext | None = None
+) -> list[str]:
+    """Problems that would stop a run before anything is allocated; [] when it may start.
+
+    With containers (``runtime_context.use_container``, the default) every step's runtime
+    and image are looked for, and images pulled where they may be.
+    """
     if not Path(workflow).is_file():
         return [f"{workflow}: no such file. Fix: check the path of the CWL workflow"]
     cwltool_log = logging.getLogger("cwltool")
@@ -38,4 +45,5 @@ def validate_workflow(workflow: str, deployment: Deployment) -> list[str]:
         return [f"{workflow}: cannot be loaded: {exc}"]
     finally:
         cwltool_log.setLevel(level)
-    return deployment.check_steps(step_paths(process))
+    problems = deployment.check_steps(step_paths(process))
+    return problems or container_problems(process, deployment, runtime_context or RuntimeContext())

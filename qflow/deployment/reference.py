@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qflow.connector import LocationConfig
+from qflow.connector import ClassicalLocationConfig, LocationConfig
 from qflow.deployment import EMBEDDED_DEFAULT, Policy, reference_markdown
 from qflow.quantum import QuantumLocationConfig
 from qflow.registry import connector_class, registry
@@ -32,13 +32,20 @@ def generated_reference() -> str:
     parts = [
         "### Keys of every location\n",
         reference_markdown(LocationConfig),
+        "### Keys of every classical location\n",
+        "In addition to the keys above, for locations that run step commands (`local`, "
+        "`slurm`, `hyperqueue`):\n",
+        reference_markdown(ClassicalLocationConfig, skip=LocationConfig.model_fields),
         "### Keys of every quantum location\n",
         "In addition to the keys above, for locations whose connector is a quantum connector:\n",
         reference_markdown(QuantumLocationConfig, skip=LocationConfig.model_fields),
     ]
     for name in builtin_connectors():
         cls = connector_class(name)
-        common = QuantumLocationConfig if cls.quantum else LocationConfig
+        common: type[LocationConfig] = LocationConfig
+        for base in (QuantumLocationConfig, ClassicalLocationConfig):
+            if issubclass(cls.Config, base):
+                common = base
         kind = "quantum" if cls.quantum else "execution"
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         parts.append(f"### `connector: {name}` ({kind})\n")

@@ -134,7 +134,9 @@ class Dispatcher:
         allocation = self.deployment.allocation_for(spec.step)
         if allocation is not None:
             spec = dataclasses.replace(spec, allocation=allocation)
-        record = self.ledger.submitted(spec.step, spec.iteration, job.placement.requested)
+        record = self.ledger.submitted(
+            spec.step, spec.iteration, job.placement.requested, spec.container_image
+        )
         self._loop.call_soon_threadsafe(self._spawn, self._run(job, spec, record))
 
     def release_unused(self, placement: Placement) -> None:
@@ -242,7 +244,9 @@ class Dispatcher:
             attempts = 1 + connector.config.retries
             for attempt in range(1, attempts + 1):
                 if attempt > 1:
-                    record = self.ledger.submitted(spec.step, spec.iteration)
+                    record = self.ledger.submitted(
+                        spec.step, spec.iteration, container_image=spec.container_image
+                    )
                 self.ledger.placed(record, placement, connector.config.connector,
                                    connector.config.quantum)  # fmt: skip
                 queued = time.time()

@@ -20,6 +20,7 @@ from cwltool.executors import JobExecutor
 from cwltool.process import Process
 
 from qflow.engine.dispatcher import Completion, Dispatcher
+from qflow.engine.images import container_problems
 from qflow.engine.inputs import job_order_problems
 from qflow.engine.tools import step_paths
 
@@ -48,7 +49,8 @@ class QflowExecutor(JobExecutor):
     """Submits every CommandLineTool job to the dispatcher and waits only when it must.
 
     Before cwltool creates any directory, the workflow's steps are checked against the
-    deployment and the job order against the workflow's inputs; only then ``on_validated``
+    deployment, the job order against the workflow's inputs and the steps' container images
+    (:mod:`qflow.engine.images`); only then ``on_validated``
     (the run directory is taken) runs and the workflow starts.
     """
 
@@ -84,6 +86,8 @@ class QflowExecutor(JobExecutor):
         problems = self.dispatcher.deployment.check_steps(step_paths(process))
         problems += job_order_problems(process, job_order_object, runtime_context,
                                        self.job_source)  # fmt: skip
+        if not problems:  # the images are looked for (and pulled) only for a valid run
+            problems = container_problems(process, self.dispatcher.deployment, runtime_context)
         if problems:
             self.bad_input = problems
             raise BadInputError("\n".join(problems))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cwltool.context import RuntimeContext
 from cwltool.errors import WorkflowException
-from cwltool.job import CommandLineJob, relink_initialworkdir
+from cwltool.job import CommandLineJob, JobBase, relink_initialworkdir
 from cwltool.utils import bytes2str_in_dicts
 
 from qflow.connector import JobOutcome, JobSpec, Resources
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger("cwltool")  # job messages as cwltool words them, same verbosity
 
 
-def process_status(job: CommandLineJob, exit_code: int) -> str:
+def process_status(job: JobBase, exit_code: int) -> str:
     """Map an exit code to a CWL process status, honouring the tool's success/fail codes."""
     if exit_code in job.successCodes:
         return "success"
@@ -42,8 +42,13 @@ def process_status(job: CommandLineJob, exit_code: int) -> str:
     return "success" if exit_code == 0 else "permanentFail"
 
 
-class ConnectorJob(CommandLineJob):
-    """CommandLineJob whose execution is asynchronous and goes to a connector."""
+class ConnectorJob(JobBase):
+    """A cwltool job whose execution is asynchronous and goes to a connector.
+
+    The part every qflow job shares, whatever cwltool job it is mixed into: the command
+    as it is (:class:`CommandConnectorJob`) or in a software container
+    (:mod:`qflow.engine.containers`).
+    """
 
     step_path: str = "/"
     iteration: int | None = None
@@ -120,7 +125,8 @@ class ConnectorJob(CommandLineJob):
             iteration=self.iteration,
             command=commands,
             cwd=self.outdir,
-            env=dict(env),
+            env=self.command_environment(env),
+            container_image=self.container_image,
             stdin_path=stdin_path,
             stdout_path=self._stdout_path,
             stderr_path=self._stderr_path,
@@ -133,6 +139,13 @@ class ConnectorJob(CommandLineJob):
                 mpi_procs=self.mpi_procs,
             ),
         )
+
+    def command_environment(self, env: MutableMapping[str, str]) -> dict[str, str]:
+        """The environment the command runs with (here: the step's, as cwltool built it)."""
+        return dict(env)
+
+    container_image: str | None = None
+    """The software-container image the command runs in (None: none)."""
 
     def _log_path(self, relative: str | None) -> str | None:
         if relative is None:
@@ -222,6 +235,10 @@ class ConnectorJob(CommandLineJob):
         if rc.rm_tmpdir:
             scratch = [path for path in (self.stagedir, self.tmpdir) if path]
             rc.qflow_dispatcher.remove_later(*scratch)  # type: ignore[attr-defined]
+
+
+class CommandConnectorJob(ConnectorJob, CommandLineJob):
+    """A step's command as it is, through its location's connector."""
 
 
 def _number(value: Any) -> float | None:

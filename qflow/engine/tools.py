@@ -2,8 +2,10 @@
 
 ``make_tool`` is installed as ``LoadingContext.construct_tool_object``. It substitutes:
 
-* :class:`QflowCommandLineTool`, whose jobs are :class:`~qflow.engine.job.ConnectorJob` and
-  carry their full step path (``/loop/annealing``) and innermost loop iteration;
+* :class:`QflowCommandLineTool`, whose jobs are :class:`~qflow.engine.job.ConnectorJob`
+  objects (in the software container of a ``DockerRequirement``:
+  :mod:`qflow.engine.containers`) and carry their full step path (``/loop/annealing``)
+  and innermost loop iteration;
 * :class:`QflowWorkflow`, which tags each step of a workflow run with its path and counts
   the iterations of ``cwltool:Loop`` steps (cwltool calls a loop step's ``job`` once per
   iteration on the same step object).
@@ -21,12 +23,13 @@ from typing import Any
 from cwltool.command_line_tool import CallbackJob, CommandLineTool
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.errors import UnsupportedRequirement, WorkflowException
-from cwltool.job import CommandLineJob
+from cwltool.job import JobBase
 from cwltool.load_tool import load_tool
 from cwltool.process import Process, shortname
 from cwltool.workflow import Workflow, default_make_tool
 from cwltool.workflow_job import WorkflowJob, WorkflowJobStep
 
+from qflow.engine.containers import JOB_CLASSES, runtime_for, with_runtime
 from qflow.engine.job import ConnectorJob
 from qflow.engine.schema import QUANTUM_CANDIDATE
 from qflow.placement import Placement
@@ -44,14 +47,16 @@ def step_path_of(runtime_context: RuntimeContext, process: Process) -> str:
 class QflowCommandLineTool(CommandLineTool):
     """CommandLineTool whose jobs run through the connector of their mapped location."""
 
-    def make_job_runner(self, runtimeContext: RuntimeContext) -> type[CommandLineJob]:
+    def make_job_runner(self, runtimeContext: RuntimeContext) -> type[JobBase]:
+        # cwltool chooses by the context's flags, which _tagged set for the placed location
         runner = super().make_job_runner(runtimeContext)
-        if runner is not CommandLineJob:
+        ours = JOB_CLASSES.get(runner)
+        if ours is None:
             raise UnsupportedRequirement(
-                "qflow does not run software containers yet: run with --no-container "
-                "or remove DockerRequirement from the tool's requirements"
+                f"qflow does not run {runner.__name__} jobs (--user-space-docker-cmd): "
+                "use --podman, --singularity or docker, or --no-container"
             )
-        return ConnectorJob
+        return ours
 
     qflow_loading_context: LoadingContext | None = None
     _quantum_tool: CommandLineTool | None = None
@@ -136,12 +141,17 @@ def _tagged(
     iteration: int | None,
     placement: Placement | None = None,
 ) -> Generator[Any, None, None]:
-    """cwltool's own job generator for ``tool``, each job tagged with where it belongs.
+    """cwltool's own job generator for ``tool``, each job tagged with where it belongs
+    (and of the container runtime of the location it runs on, see qflow.engine.containers).
 
     A placement no job takes over (cwltool failed before building one, or found it in its
     cache) is given back.
     """
     dispatcher = getattr(runtime_context, "qflow_dispatcher", None)
+    if placement is not None and dispatcher is not None:
+        config = dispatcher.deployment.locations.get(placement.runs_on)
+        runtime = runtime_for(getattr(config, "container_runtime", None), runtime_context)
+        runtime_context = with_runtime(runtime_context, runtime)
     handed_over = False
     try:
         for job in CommandLineTool.job(tool, job_order, output_callbacks, runtime_context):
@@ -223,18 +233,24 @@ def make_tool(toolpath_object: Any, loadingContext: LoadingContext) -> Process:
     return default_make_tool(toolpath_object, loading_context)
 
 
-def step_paths(process: Process, prefix: str = "") -> list[str]:
+def step_paths(process: Process) -> list[str]:
     """Every step path of a loaded process (workflow steps, recursively), in order.
 
     These are the keys deployment.yml binds; a bare tool has the single path ``/<name>``.
     """
+    return [path for path, _ in steps_of(process)]
+
+
+def steps_of(process: Process, prefix: str = "") -> list[tuple[str, Process]]:
+    """Every step path of a loaded process with what runs there (:func:`step_paths`)."""
     if not isinstance(process, Workflow):
-        return ["/" + shortname(process.tool["id"]).removesuffix(".cwl")] if not prefix else []
-    paths: list[str] = []
+        name = "/" + shortname(process.tool["id"]).removesuffix(".cwl")
+        return [(name, process)] if not prefix else []
+    steps: list[tuple[str, Process]] = []
     for step in process.steps:
         if not isinstance(step.embedded_tool, (Workflow, CommandLineTool)):
             continue  # ExpressionTools and operations run inside the engine, nowhere else
         path = f"{prefix}/{shortname(step.id)}"
-        paths.append(path)
-        paths.extend(step_paths(step.embedded_tool, path))
-    return paths
+        steps.append((path, step.embedded_tool))
+        steps.extend(steps_of(step.embedded_tool, path))
+    return steps

@@ -44,6 +44,8 @@ class StepRecord:
     node_seconds: float = 0.0
     qpu_seconds: float = 0.0
     external_id: str | None = None
+    container_image: str | None = None
+    """The software-container image the step ran in (None: none)."""
     status: StepStatus = "queued"
     message: str | None = None
     """Why it failed or was retried (not in the contract's required fields; extra)."""
@@ -91,6 +93,7 @@ class Ledger:
             old = earlier.pop(0)
             record.location, record.connector = old.get("location"), old.get("connector")
             record.quantum, record.external_id = bool(old.get("quantum")), old.get("external_id")
+            record.container_image = old.get("container_image")
         with self._lock:
             self._records.append(record)
         self._emit("submitted", record)
@@ -110,9 +113,17 @@ class Ledger:
                     "progress display failed and was switched off", exc_info=True
                 )
 
-    def submitted(self, step: str, iteration: int | None, when: float | None = None) -> StepRecord:
-        """A new execution, waiting since ``when`` (its placement request; default now)."""
-        record = StepRecord(step=step, iteration=iteration, submitted=when or time.time())
+    def submitted(
+        self,
+        step: str,
+        iteration: int | None,
+        when: float | None = None,
+        container_image: str | None = None,
+    ) -> StepRecord:
+        """A new execution, waiting since ``when`` (its placement request; default now),
+        in the software container of ``container_image`` if any."""
+        record = StepRecord(step=step, iteration=iteration, submitted=when or time.time(),
+                            container_image=container_image)  # fmt: skip
         with self._lock:
             self._records.append(record)
         self._emit("submitted", record)

@@ -6,16 +6,20 @@ end of the session (also after failures and Ctrl-C); where it cannot run here, t
 use it are skipped with the reason.
 
 * ``slurm_cluster`` — a Slurm cluster (:mod:`qflow.testing.slurm_cluster`);
-* ``hq_server`` — a HyperQueue server with one 2-core worker (:mod:`qflow.testing.hq_server`).
+* ``hq_server`` — a HyperQueue server with one 2-core worker (:mod:`qflow.testing.hq_server`);
+* ``container_images`` — podman and the images tests and the CWL conformance suite name
+  (:mod:`qflow.testing.container_images`), with ``CONTAINERS_CONF`` set for the session.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from qflow.testing.container_images import IMAGES, ContainersUnavailable, ensure_containers
 from qflow.testing.hq_server import HqServer, HqUnavailable, start_server, stop_server
 from qflow.testing.slurm_cluster import (
     ClusterUnavailable,
@@ -53,6 +57,26 @@ def slurm_cluster(slurm_session_cluster: SlurmCluster) -> SlurmCluster:
             pytest.fail(f"an earlier test left Slurm jobs {', '.join(active)} in squeue")
         time.sleep(0.2)
     return slurm_session_cluster
+
+
+@pytest.fixture(scope="session")
+def container_images() -> Iterator[list[str]]:
+    """The test images' names, podman's configuration in this process's environment (which
+    step commands and the CLIs started by tests inherit); restored at the end."""
+    try:
+        env = ensure_containers()
+    except ContainersUnavailable as exc:
+        pytest.skip(f"no podman or test images: {exc}")
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield list(IMAGES)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 _shared: HqServer | None = None
