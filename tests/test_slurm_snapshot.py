@@ -42,7 +42,8 @@ def test_runs_on_one_cluster_share_one_squeue(
         "c", SlurmConnector.Config(connector="slurm", slurm_conf=str(tmp_path / "other.conf"))
     )
     assert first.snapshots.path == second.snapshots.path != other_cluster.snapshots.path
-    jobid = slurm_cluster.run("sbatch", "--parsable", "--partition=compute", "--wrap",
+    jobid = slurm_cluster.run("sbatch", "--parsable", "--partition=compute",
+                              f"--output={tmp_path}/job.out", "--wrap",
                               "sleep 30").strip().split(";")[0]  # fmt: skip
     try:
 
