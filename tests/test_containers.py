@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rocrate.rocrate import ROCrate
 
 from conftest import DATA, deployment_from, qflow_cli, qflow_interruptible, run_in_process
 from qflow.cli.validate import validate_workflow
@@ -104,6 +105,18 @@ def test_without_containers_the_step_runs_on_the_host(tmp_path: Path):
     result = run_cwl(argv, deployment_from(LOCAL_PODMAN), stdout=io.StringIO())
     assert result.exit_code == 1 and result.report is not None  # no marker on the host
     assert result.report["steps"][0]["container_image"] is None
+
+
+def test_the_provenance_crate_names_the_steps_image(tmp_path: Path):
+    crate_dir = tmp_path / "crate"
+    argv = ["--quiet", "--outdir", str(tmp_path / "out"), str(IN_IMAGE)]
+    result = run_cwl(argv, deployment_from(LOCAL_PODMAN), stdout=io.StringIO(),
+                     provenance=str(crate_dir))  # fmt: skip
+    assert result.exit_code == 0
+    crate = ROCrate(crate_dir)
+    (action,) = [e for e in crate.get_entities() if e.type == "CreateAction" and e.get("stepPath")]
+    image = action["containerImage"]
+    assert image.type == "ContainerImage" and image["name"] == IMAGE
 
 
 def test_a_missing_image_is_bad_input_before_the_run(tmp_path: Path):
