@@ -144,6 +144,22 @@ def _time(field: str) -> float | None:
         return None
 
 
+def held_outcome(
+    jobid: str, code: int, message: str | None, span: tuple[float, float], nodes: int
+) -> JobOutcome:
+    """A job's outcome when its nodes were held for ``span`` (start, end): nodes × that."""
+    start, end = span
+    return JobOutcome(
+        exit_code=code,
+        message=message,
+        started=start,
+        ended=end,
+        nodes=nodes,
+        node_seconds=float(nodes * (end - start)),
+        external_id=jobid,
+    )
+
+
 async def marker_outcome(transport: Transport, jobid: str, plan: Plan) -> JobOutcome | None:
     """A batch job's outcome from its own markers, once its exit marker is there: the exit
     status, its start and end as the script saw them, its nodes. None if a marker cannot be
@@ -173,15 +189,7 @@ async def marker_outcome(transport: Transport, jobid: str, plan: Plan) -> JobOut
         message = f"exited with status {code} (Slurm job {jobid}{where})" + (
             f"; batch log: {log}" if log else ""
         )
-    return JobOutcome(
-        exit_code=code,
-        message=message,
-        started=start,
-        ended=end,
-        nodes=nodes,
-        node_seconds=float(nodes * (end - start)),
-        external_id=jobid,
-    )
+    return held_outcome(jobid, code, message, (start, end), nodes)
 
 
 async def collect(transport: Transport, plan: Plan) -> None:
@@ -229,12 +237,4 @@ async def salloc_outcome(
         )
     elif code != 0:
         message = f"exited with status {code} (Slurm job {jobid}{where}, salloc){detail}"
-    return JobOutcome(
-        exit_code=code,
-        message=message,
-        started=started,
-        ended=ended,
-        nodes=nodes,
-        node_seconds=float(nodes * (ended - started)),
-        external_id=jobid,
-    )
+    return held_outcome(jobid, code, message, (started, ended), nodes)
