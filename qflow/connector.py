@@ -42,7 +42,7 @@ class LocationConfig(BaseModel):
     A connector's own ``Config`` subclasses this and adds its keys; unknown keys are refused.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     connector: str = Field(description="Name of the connector that serves this location.")
     slots: int = Field(

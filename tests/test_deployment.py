@@ -531,3 +531,28 @@ def test_docs_reference_is_up_to_date():
         "docs/deployment.md is out of date: "
         "run python -m qflow.deployment.reference docs/deployment.md"
     )
+
+
+def test_built_in_names_stay_built_in_and_other_packages_are_found(tmp_path: Path, monkeypatch):
+    """A run asks qflow's own distribution for built-in names; another package's entry points
+    are found too, but cannot take a built-in's name."""
+    from qflow import registry as registry_module
+    from qflow.connectors.local import LocalConnector
+
+    dist = tmp_path / "thirdparty-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[qflow.connectors]\nlocal = thirdparty:Impostor\nvendor-qpu = thirdparty:VendorQpu\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_module, "_ENTRIES", {})
+    registry_module.registry.cache_clear()
+    try:
+        assert registry_module.connector_class("local") is LocalConnector
+        assert "vendor-qpu" not in registry_module._ENTRIES  # not scanned for a built-in
+        found = registry_module.registry()
+        assert found["local"] is LocalConnector
+        assert found["vendor-qpu"].value == "thirdparty:VendorQpu"
+    finally:
+        registry_module.registry.cache_clear()

@@ -12,13 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from qflow import __version__
 from qflow.cli.container_flags import add_container_flags, runtime_context
-from qflow.cli.output import err, fail
+from qflow.cli.output import fail, say
 from qflow.deployment import DeploymentError, load_deployment
-from qflow.reporting.table import REPORT_NAME
+from qflow.reporting.ledger import REPORT_NAME
 from qflow.secrets import RedactingFilter
 
 
@@ -44,7 +42,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems = validate_workflow(args.workflow, deployment, runtime_context(args))
     if problems:
         return fail("\n".join(problems))
-    err.print(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
+    say(f"{args.workflow} and {args.deployment} are valid; every step is bound.")
     return 0
 
 
@@ -70,11 +68,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             plot_timeline(reports, args.plot)
         except (OSError, ValueError) as exc:  # unwritable path, format matplotlib lacks
             return fail(f"--plot {args.plot}: {exc}. Fix: give a writable .png, .svg or .pdf")
-        err.print(f"timeline written to {args.plot}")
+        say(f"timeline written to {args.plot}")
     return 0
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from qflow.registry import connector_class, registry
 
     out = Console(soft_wrap=True)

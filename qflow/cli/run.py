@@ -17,7 +17,7 @@ from pathlib import Path
 from ruamel.yaml import YAML, YAMLError
 
 from qflow.cli.container_flags import container_flags
-from qflow.cli.output import err, fail
+from qflow.cli.output import fail, say
 from qflow.deployment import (
     TOP_LEVEL_KEYS,
     Deployment,
@@ -25,7 +25,7 @@ from qflow.deployment import (
     embedded_default,
     load_deployment,
 )
-from qflow.reporting.table import REPORT_NAME
+from qflow.reporting.ledger import REPORT_NAME
 from qflow.rundir.state import Invocation, RunState, RunStateError
 
 
@@ -178,7 +178,6 @@ def _run(
 ) -> int:
     from qflow.engine.runner import RunDirectory, run_cwl
     from qflow.reporting.ledger import Ledger
-    from qflow.reporting.progress import Progress
 
     ledger = Ledger()
     argv = [
@@ -192,6 +191,8 @@ def _run(
     created = state.new_directories()
     with contextlib.ExitStack() as stack:
         if not args.quiet:
+            from qflow.reporting.progress import Progress  # rich: not for --quiet runs
+
             stack.enter_context(Progress(ledger))
         result = run_cwl(
             argv,
@@ -208,7 +209,7 @@ def _run(
     if result.report is not None and not args.quiet:
         totals = result.report["totals"]
         reused = sum(1 for r in result.report["steps"] if r["status"] == "reused")
-        err.print(
+        say(
             f"qflow: {result.status}: {totals['steps']} step executions ({reused} reused), "
             f"{totals['node_seconds']:.1f} node-s, {totals['qpu_seconds']:.1f} QPU-s, "
             f"{totals['fallbacks']} fallbacks; report: {invocation.report}"
@@ -237,9 +238,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
         dispatcher.close()
         state.finish("cleaned")
     for line in ended:
-        err.print(f"ended: {line}", markup=False)
+        say(f"ended: {line}", markup=False)
     for line in failed:
-        err.print(f"could not end: {line}", markup=False)
+        say(f"could not end: {line}", markup=False)
     if not leftovers:
-        err.print(f"{state.rundir}: nothing was left alive", markup=False)
+        say(f"{state.rundir}: nothing was left alive", markup=False)
     return 1 if failed else 0

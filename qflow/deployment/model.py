@@ -41,7 +41,7 @@ class UnboundStepError(LookupError):
 class Policy(BaseModel):
     """How steps get their resources (docs/strategies.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     allocation: Allocation = Field(
         default="per-step",

@@ -19,6 +19,9 @@ from qflow import __version__
 from qflow.connector import AllocationRecord
 from qflow.secrets import redact
 
+REPORT_NAME = "qflow-report.json"
+"""Where ``qflow run`` writes the report in its ``--outdir`` unless ``--report`` says."""
+
 if TYPE_CHECKING:
     from qflow.placement import Placement
 

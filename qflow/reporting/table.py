@@ -9,13 +9,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from qflow.reporting.ledger import REPORT_NAME
+
 
 class ReportError(ValueError):
     """The file is not a qflow run report."""
-
-
-REPORT_NAME = "qflow-report.json"
-"""Where ``qflow run`` writes the report in its ``--outdir`` unless ``--report`` says."""
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

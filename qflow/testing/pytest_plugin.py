@@ -1,4 +1,6 @@
-"""pytest plugin: the session-wide fixtures that start real services on this host.
+"""pytest plugin: the session-wide fixtures that start real services on this host, and qflow's
+modules byte-compiled once at the start of the session (:func:`qflow.testing.processes.
+compile_sources`).
 
 Enable it with ``pytest_plugins = ["qflow.testing.pytest_plugin"]`` in the top-level
 conftest.py (tests/conftest.py does). Each service is started on first use and stopped at the
@@ -21,12 +23,19 @@ import pytest
 
 from qflow.testing.container_images import IMAGES, ContainersUnavailable, ensure_containers
 from qflow.testing.hq_server import HqServer, HqUnavailable, start_server, stop_server
+from qflow.testing.processes import compile_sources
 from qflow.testing.slurm_cluster import (
     ClusterUnavailable,
     SlurmCluster,
     start_cluster,
     stop_cluster,
 )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """qflow's modules are byte-compiled once, not in every qflow process a test starts."""
+    compile_sources()
+
 
 IDLE_WAIT_S = 60.0
 """How long a test waits for an earlier test's jobs to finish completing (Slurm's KillWait)."""
