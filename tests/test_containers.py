@@ -1,7 +1,9 @@
 """Steps with a DockerRequirement run in their container (podman) on every kind of location.
 
 The images are built by the ``container_images`` fixture (qflow.testing.container_images);
-their file MARKER exists nowhere else, so a step that prints it ran inside the image.
+their file MARKER exists nowhere else, so a step that prints it ran inside the image. The
+clustering workflow's tools image comes from the ``clustering_image`` fixture
+(qflow.testing.clustering_image).
 """
 
 from __future__ import annotations
