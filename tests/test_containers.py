@@ -1,29 +1,36 @@
 """Steps with a DockerRequirement run in their container (podman) on every kind of location.
 
 The images are built by the ``container_images`` fixture (qflow.testing.container_images);
-their file MARKER exists nowhere else, so a step that prints it ran inside the image.
+their file MARKER exists nowhere else, so a step that prints it ran inside the image. The
+clustering workflow's tools image comes from the ``clustering_image`` fixture
+(qflow.testing.clustering_image).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from cwltool.context import RuntimeContext
 from rocrate.rocrate import ROCrate
 
-from conftest import DATA, deployment_from, qflow_cli, qflow_interruptible, run_in_process
+from conftest import DATA, REPO, deployment_from, qflow_cli, qflow_interruptible, run_in_process
 from qflow.cli.validate import validate_workflow
 from qflow.engine.runner import run_cwl
 from qflow.testing.container_images import MARKER, MARKER_TEXT
 
 IN_IMAGE = DATA / "in-image.cwl"
+CLUSTERING = REPO / "workflows" / "clustering-aggregation" / "main.cwl"
 IMAGE = "docker.io/debian:stable-slim"
 LOCAL_PODMAN = """
 version: 1
@@ -140,3 +147,55 @@ def test_a_missing_runtime_is_bad_input_naming_the_location(monkeypatch):
     deployment = deployment_from(LOCAL_PODMAN.replace("here", "ws").replace("podman", "docker"))
     (problem,) = validate_workflow(str(IN_IMAGE), deployment)
     assert "location 'ws'" in problem and "docker is not installed" in problem
+
+
+@pytest.mark.slurm
+def test_the_clustering_workflow_in_its_image_on_slurm_gives_the_same_result(
+    tmp_path: Path, slurm_cluster: Any, clustering_image: str
+):
+    """Every step of the unchanged workflow in the image (annealing too: no QPU is bound, so
+    its classical implementation runs, simulated annealing, which needs no network)."""
+    deployment = tmp_path / "slurm.yml"
+    deployment.write_text(
+        "version: 1\nlocations:\n  compute: {connector: slurm, partition: compute, slots: 6}\n"
+        "bindings:\n  default: compute\n"
+    )
+    env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}  # with podman's CONTAINERS_CONF
+
+    def run(name: str, *flags: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        out = tmp_path / name
+        proc = qflow_cli(
+            "run", *flags, str(CLUSTERING), str(deployment), "--quiet", "--outdir", str(out),
+            "--", "--n_samples", "300", "--max_iterations", "1", "--silhouette_sample", "0",
+            "--num_reads", "10", "--num_sweeps", "200", env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout), json.loads((out / "qflow-report.json").read_text())["steps"]
+
+    with ThreadPoolExecutor(2) as pool:  # side by side: the test takes the longer run's time
+        in_image = pool.submit(run, "in-image", "--podman", "--default-container", clustering_image)
+        (plain, plain_steps), (contained, steps) = run("on-host"), in_image.result()
+    assert contained["iterations"] == plain["iterations"] == 1
+    assert contained["score"] == plain["score"]
+    labels = np.load(contained["labels"]["path"])
+    assert np.array_equal(labels, np.load(plain["labels"]["path"])) and labels.max() > 0
+    assert {s["step"] for s in steps} == {s["step"] for s in plain_steps}
+    assert "/loop/annealing" in {s["step"] for s in steps}
+    for step in steps:  # each a Slurm job running its command in the image
+        assert step["container_image"] == clustering_image and step["external_id"].isdigit()
+    assert {s["container_image"] for s in plain_steps} == {None}
+    assert not slurm_cluster.active_jobs()
+
+
+def test_a_default_container_is_checked_before_the_run(tmp_path: Path):
+    problems = validate_workflow(
+        str(CLUSTERING), deployment_from(LOCAL_PODMAN),
+        RuntimeContext({"podman": True, "default_container": "qflow-no-such-image:0"}),
+    )  # fmt: skip
+    (problem,) = problems  # one image, looked for once for all the steps
+    assert problem.startswith("--default-container qflow-no-such-image:0: /")
+    assert "location 'here'" in problem and "Fix: `podman pull" in problem
+    proc = qflow_cli("run", "--no-container", "--default-container", "x", str(CLUSTERING),
+                     "--outdir", str(tmp_path / "out"), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "--no-container runs none" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 
 from qflow import __version__
-from qflow.cli.container_flags import add_container_flags, runtime_context
+from qflow.cli.container_flags import (
+    add_container_flags,
+    container_flags_problem,
+    runtime_context,
+)
 from qflow.cli.output import fail, say
 from qflow.deployment import DeploymentError, load_deployment
 from qflow.reporting.ledger import REPORT_NAME
@@ -181,4 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     args = build_parser().parse_args(argv)
     args.inputs = inputs
+    if problem := container_flags_problem(args):
+        return fail(problem)
     return int(args.func(args))

@@ -1,12 +1,13 @@
 """Before a run: every step's container runtime installed and its image here (or pulled).
 
-A step with a ``DockerRequirement`` (a requirement or a hint, its own or inherited) runs in
-the runtime of each location it may be placed on. Each distinct (runtime, image) is looked
-for once, with cwltool's own lookup (``get_from_requirements``: ``podman inspect``, a pull
-unless ``--disable-pull``, a build for ``dockerFile``, a ``.sif`` for Singularity); cwltool
-caches what it found for the rest of the process, so the steps' jobs find it at once: one
-pull per image and run, before anything is allocated. A missing runtime or image is a
-problem like an unbound step (exit 2, nothing started).
+A step with a ``DockerRequirement`` (a requirement or a hint, its own or inherited; else the
+run's ``--default-container``) runs in the runtime of each location it may be placed on.
+Each distinct (runtime, image) is looked for once, with cwltool's own lookup
+(``get_from_requirements``: ``podman inspect``, a pull unless ``--disable-pull``, a build for
+``dockerFile``, a ``.sif`` for Singularity); cwltool caches what it found for the rest of
+the process, so the steps' jobs find it at once: one pull per image and run, before
+anything is allocated. A missing runtime or image is a problem like an unbound step (exit 2,
+nothing started).
 
 Locations whose commands run on other hosts (``ClassicalLocationConfig.runs_commands_here``
 false: a Slurm ``login``) are not checked here: their nodes pull what they lack when the
@@ -46,9 +47,10 @@ def container_problems(
     problems: list[str] = []
     checked: set[tuple[str, str]] = set()
     for path, tool in steps_of(process):
-        requirement = docker_requirement(tool)
-        if requirement is None:
+        found = step_image(tool, runtime_context)
+        if found is None:
             continue
+        requirement, origin = found
         for location in deployment.candidates(path):
             config = deployment.locations[location]
             if not isinstance(config, ClassicalLocationConfig) or not config.runs_commands_here:
@@ -61,21 +63,28 @@ def container_problems(
             problem = image_problem(runtime, requirement, runtime_context)
             if problem:
                 why, fix = problem
-                lead = SourceLine(requirement, "dockerPull").makeLead() or str(tool.tool["id"])
-                lead = lead.removeprefix("file://")
                 problems.append(
-                    f"{lead} DockerRequirement: {path} on location {location!r}: {why}. "
+                    f"{origin}: {path} on location {location!r}: {why}. "
                     f"Fix: {fix}, or run with --no-container"
                 )
     return problems
 
 
-def docker_requirement(tool: Process) -> Mapping[str, Any] | None:
-    """The ``DockerRequirement`` a CommandLineTool runs in (requirement or hint), if any."""
+def step_image(
+    tool: Process, runtime_context: RuntimeContext
+) -> tuple[Mapping[str, Any], str] | None:
+    """The ``DockerRequirement`` a CommandLineTool runs in (requirement or hint, else the
+    run's ``--default-container``) and where it is said, for messages; None: no container."""
     if not isinstance(tool, CommandLineTool):
         return None
     requirement, _ = tool.get_requirement("DockerRequirement")
-    return requirement or None  # as loaded: SourceLine finds its file and line
+    if requirement:  # as loaded: SourceLine finds its file and line
+        lead = SourceLine(requirement, "dockerPull").makeLead() or str(tool.tool["id"])
+        return requirement, f"{lead.removeprefix('file://')} DockerRequirement"
+    if runtime_context.default_container:
+        image = runtime_context.default_container
+        return {"class": "DockerRequirement", "dockerPull": image}, f"--default-container {image}"
+    return None
 
 
 def image_problem(

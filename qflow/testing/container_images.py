@@ -3,7 +3,8 @@
 No container registry is reachable from the test machines, so the images are made from
 Debian's packages: one root filesystem (``mmdebstrap --variant=extract``: the packages
 unpacked, nothing configured, which is what makes it cheap) holding bash, dash, coreutils,
-rev (util-linux), grep, sed, find, python3 (``python`` too) and the file :data:`MARKER`,
+rev (util-linux), grep, sed, find, python3 (``python`` too), libstdc++ (which compiled Python
+packages link to: :mod:`qflow.testing.clustering_image`) and the file :data:`MARKER`,
 imported into podman under every name in :data:`IMAGES` (as ``docker.io/library/NAME:TAG``,
 which is what cwltool's check for ``docker.io/NAME:TAG`` finds). ``bash:4.4`` gets the
 entrypoint of the real image, a script that prepends ``bash`` when the command is an option
@@ -33,7 +34,7 @@ from pathlib import Path
 SUITE = "bookworm"
 PACKAGES = (
     "base-files", "bash", "dash", "coreutils", "util-linux", "grep", "sed", "findutils",
-    "python3",
+    "python3", "libstdc++6",
 )  # fmt: skip
 """The root filesystem's packages (with their dependencies)."""
 
@@ -96,13 +97,13 @@ def ensure_podman() -> dict[str, str]:
 def ensure_images(env: dict[str, str]) -> list[str]:
     """Every image of :data:`IMAGES` in podman's store, built only if not there yet."""
     key = content_key()
-    missing = [name for name in IMAGES if _label(name, env) != key]
+    missing = [name for name in IMAGES if image_label(name, env) != key]
     if missing:
         tarball = _rootfs(key)
         for name in missing:
             changes = [f"--change=LABEL {LABEL}={key}"]
             changes += [f"--change={change}" for change in IMAGES[name]]
-            _run(["podman", "import", *changes, str(tarball), name], env)
+            run_checked(["podman", "import", *changes, str(tarball), name], env)
     return list(IMAGES)
 
 
@@ -117,9 +118,10 @@ def ensure_containers() -> dict[str, str]:
     return env
 
 
-def _label(name: str, env: dict[str, str]) -> str | None:
+def image_label(name: str, env: dict[str, str], label: str = LABEL) -> str | None:
+    """The value of an image's ``label`` in podman's store; None: no such image."""
     proc = subprocess.run(
-        ["podman", "image", "inspect", "--format", f'{{{{index .Labels "{LABEL}"}}}}', name],
+        ["podman", "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', name],
         env=env,
         capture_output=True,
         text=True,
@@ -137,7 +139,7 @@ def _rootfs(key: str) -> Path:
     tarball.parent.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_suffix(".partial")
     excluded = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")]
-    _run(["mmdebstrap", "--quiet", "--variant=extract", "--mode=root", "--format=tar",
+    run_checked(["mmdebstrap", "--quiet", "--variant=extract", "--mode=root", "--format=tar",
           f"--include={','.join(PACKAGES)}", *excluded, SUITE, str(partial)])  # fmt: skip
     _complete(partial)
     partial.rename(tarball)
@@ -178,14 +180,16 @@ def _apt_install(*packages: str) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
     if subprocess.run(command, env=env, capture_output=True).returncode != 0:
-        _run(["apt-get", "update", "-qq"], env)
-        _run(command, env)
+        run_checked(["apt-get", "update", "-qq"], env)
+        run_checked(command, env)
 
 
-def _run(command: list[str], env: dict[str, str] | None = None) -> None:
+def run_checked(command: list[str], env: dict[str, str] | None = None) -> str:
+    """Run ``command``; its stdout, or CalledProcessError with its stderr."""
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, command, proc.stdout, proc.stderr)
+    return proc.stdout
 
 
 if __name__ == "__main__":

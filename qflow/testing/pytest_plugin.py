@@ -10,7 +10,9 @@ use it are skipped with the reason.
 * ``slurm_cluster`` — a Slurm cluster (:mod:`qflow.testing.slurm_cluster`);
 * ``hq_server`` — a HyperQueue server with one 2-core worker (:mod:`qflow.testing.hq_server`);
 * ``container_images`` — podman and the images tests and the CWL conformance suite name
-  (:mod:`qflow.testing.container_images`), with ``CONTAINERS_CONF`` set for the session.
+  (:mod:`qflow.testing.container_images`), with ``CONTAINERS_CONF`` set for the session;
+* ``clustering_image`` — the name of an image with the clustering workflow's tools
+  (:mod:`qflow.testing.clustering_image`), built on first use.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from qflow.testing.clustering_image import ensure_clustering_image
 from qflow.testing.container_images import IMAGES, ContainersUnavailable, ensure_containers
 from qflow.testing.hq_server import HqServer, HqUnavailable, start_server, stop_server
 from qflow.testing.processes import compile_sources
@@ -86,6 +89,15 @@ def container_images() -> Iterator[list[str]]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def clustering_image(container_images: list[str]) -> str:
+    """The clustering workflow's tools image, for ``--default-container``."""
+    try:
+        return ensure_clustering_image(os.environ)
+    except ContainersUnavailable as exc:
+        pytest.skip(f"no clustering image: {exc}")
 
 
 _shared: HqServer | None = None
