@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Any
 
 
 def guess(word: str, choices: Iterable[Any], otherwise: str) -> str:
     """A fix that starts with the closest valid choice, when one is close enough."""
+    import difflib  # only for bad input: not part of every start
+
     close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}? Otherwise {otherwise}" if close else otherwise
 
