@@ -119,7 +119,8 @@ def test_a_killed_slurmd_fails_the_step_with_slurms_reason_then_retries(
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "qflow.cli", "run", "--quiet", "--outdir", str(tmp_path / "o"),
-             str(DATA / "long-first-time.cwl"), str(_deployment(tmp_path, ", retries: 1")),
+             str(DATA / "long-first-time.cwl"),
+             str(_deployment(tmp_path, ", retries: 1, squeue_interval: 2")),  # NODE_FAIL: no marker
              "--", "--pidfile", str(tmp_path / "pid")],
             cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
