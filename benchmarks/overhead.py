@@ -9,9 +9,10 @@ neither hides nor inflates it; with N = 500 the marginal cost (seconds) dominate
 jitter (tens of milliseconds). ``ratio`` is the median over the repeats of each pair's
 qflow / cwltool ratio (target <= 1.0); ``*_s_per_iter`` the medians per tool. Start-up is
 reported on its own: the median wall of a 1-iteration run per tool, and the median of the
-pairs' differences (``startup_excess_s``, target <= 0.15 s). qflow's modules are byte-compiled
-first, as pip compiles cwltool's when it installs it (an editable checkout is not, and these
-machines set PYTHONDONTWRITEBYTECODE).
+pairs' differences (``startup_excess_s``, target <= 0.15 s); ``cold_startup_excess_s`` the
+same for qflow's first run on a machine, before it has kept the loaded CWL schemas. qflow's
+modules are byte-compiled first, as pip compiles cwltool's when it installs it (an editable
+checkout is not, and these machines set PYTHONDONTWRITEBYTECODE).
 
 ``slurm`` (needs root: starts a real cluster with deployments/local-slurm/cluster.sh):
 20 sequential ``sleep 1`` steps through qflow on partition ``compute`` against the Slurm
@@ -65,10 +66,10 @@ bindings:
 SLURM_SALLOC_DEPLOYMENT = SLURM_DEPLOYMENT.replace("slots: 200}", "slots: 200, submit: salloc}")
 
 
-def wall(cmd: list[str], cwd: str) -> float:
+def wall(cmd: list[str], cwd: str, env: dict[str, str] | None = None) -> float:
     """Wall time of one command; fails loudly if the command fails."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -91,6 +92,7 @@ def measure_local(iterations: int, repeats: int) -> dict[str, Any]:
     startup: dict[str, list[float]] = {"cwltool": [], "qflow": []}
     ratios: list[float] = []
     startup_excess: list[float] = []
+    cold_excess: list[float] = []
     with tempfile.TemporaryDirectory(prefix="qflow-bench-") as workdir:
         for repeat in range(repeats):
             tools = ("cwltool", "qflow") if repeat % 2 == 0 else ("qflow", "cwltool")
@@ -104,6 +106,10 @@ def measure_local(iterations: int, repeats: int) -> dict[str, Any]:
                 per_iter[tool].append((walls[tool, iterations] - walls[tool, 1]) / (iterations - 1))
             ratios.append(per_iter["qflow"][-1] / per_iter["cwltool"][-1])
             startup_excess.append(startup["qflow"][-1] - startup["cwltool"][-1])
+            # a first run: no CWL schemas kept yet (qflow/engine/schema_cache.py)
+            cold_env = {**os.environ, "XDG_CACHE_HOME": f"{workdir}/cold-{repeat}"}
+            cold = wall(loop_commands(1, workdir)["qflow"], workdir, cold_env)
+            cold_excess.append(cold - startup["cwltool"][-1])
     result: dict[str, Any] = {
         f"{tool}_{what}": statistics.median(values[tool])
         for what, values in (("s_per_iter", per_iter), ("startup_s", startup))
@@ -113,6 +119,7 @@ def measure_local(iterations: int, repeats: int) -> dict[str, Any]:
     result["ratios"] = ratios  # the pairs, for the reader
     result["startup_excess_s"] = statistics.median(startup_excess)  # of the pairs
     result["startup_excess_pairs_s"] = startup_excess
+    result["cold_startup_excess_s"] = statistics.median(cold_excess)
     result["iterations"] = iterations
     result["repeats"] = repeats
     return result
@@ -320,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'startup':<10} {local['qflow_startup_s']:>13.3f} {local['cwltool_startup_s']:>13.3f}"
         f" {local['startup_excess_s']:>+7.3f}  cwltool, 1-iteration run (s; excess: median pair)"
+    )
+    print(
+        f"{'cold':<10} {'':>13} {'':>13} {local['cold_startup_excess_s']:>+7.3f}  the same, "
+        "qflow's first run (no CWL schemas kept yet)"
     )
     if "slurm" in results:
         sl, sa, sc = results["slurm"], results["slurm_salloc"], results["slurm_scatter"]

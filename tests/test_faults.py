@@ -135,11 +135,10 @@ def rest_deployment(url: str, *, timeout=1.0, http_retries=1, backoff=0.05, clas
     )
 
 
-def solve(deployment, tmp_path: Path, qubo: Path = QUBO) -> tuple[dict, float, int]:
-    """Run tests/data/qubo-solve.cwl; its report, wall time and exit code."""
-    begin = time.monotonic()
+def solve(deployment, tmp_path: Path, qubo: Path = QUBO) -> tuple[dict, int]:
+    """Run tests/data/qubo-solve.cwl; its report and exit code."""
     result, _ = run_in_process(DATA / "qubo-solve.cwl", deployment, tmp_path, "--qubo", str(qubo))
-    return result.report, time.monotonic() - begin, result.exit_code
+    return result.report, result.exit_code
 
 
 # --- transient faults: retried, the step stays on the QPU, the task runs once ---------------
@@ -157,7 +156,7 @@ def test_transient_faults_on_submit_are_retried_and_the_task_runs_once(
     # after=True: the emulator creates the task, THEN loses the answer, so only the
     # Idempotency-Key of the retries keeps a second task from being created
     set_faults(qpu.url, mode=mode, count=count, method="POST", paths="/v1/tasks", after=True)
-    report, _, code = solve(rest_deployment(qpu.url, http_retries=3, backoff=backoff), tmp_path)
+    report, code = solve(rest_deployment(qpu.url, http_retries=3, backoff=backoff), tmp_path)
     assert code == 0
     (record,) = report["steps"]
     assert record["quantum"] and record["location"] == "qpu" and not record["fallback"]
@@ -187,7 +186,7 @@ def test_a_persistently_failing_qpu_is_refused_and_the_step_falls_back(
     tmp_path: Path, qpu: Qpu, mode: str, problem: str
 ):
     set_faults(qpu.url, mode=mode)
-    report, elapsed, code = solve(rest_deployment(qpu.url), tmp_path)
+    report, code = solve(rest_deployment(qpu.url), tmp_path)
     assert code == 0
     (record,) = report["steps"]
     assert record["fallback"] and not record["quantum"] and record["location"] == "local"
@@ -199,7 +198,6 @@ def test_a_persistently_failing_qpu_is_refused_and_the_step_falls_back(
     attempts = {"malformed": 1, "wrong_shape": 1, "reset": 2 * 2}.get(mode, 2)
     assert qpu.requests() == {"GET /v1/status": attempts}
     assert qpu.new_tasks() == []
-    assert elapsed < 12, f"fell back after {elapsed:.1f} s"
 
 
 @pytest.mark.parametrize(
@@ -219,7 +217,7 @@ def test_a_qpu_failing_the_steps_submission_makes_the_step_fall_back(
     posts: int,
 ):
     set_faults(qpu.url, mode=mode, method="POST", paths="/v1/tasks")  # the lease works
-    report, elapsed, code = solve(rest_deployment(qpu.url), tmp_path)
+    report, code = solve(rest_deployment(qpu.url), tmp_path)
     assert code == 0
     failed, fallback = report["steps"]
     assert failed["quantum"] and failed["status"] == "failed"
@@ -233,7 +231,6 @@ def test_a_qpu_failing_the_steps_submission_makes_the_step_fall_back(
     # retried by the connector only (http_retries: 1), not once more by the client
     assert qpu.requests()["POST /v1/tasks"] == posts
     assert qpu.new_tasks() == []
-    assert elapsed < 12, f"fell back after {elapsed:.1f} s"
 
 
 def test_a_task_no_qpu_can_take_is_refused_once_before_the_qpu(
@@ -243,7 +240,7 @@ def test_a_task_no_qpu_can_take_is_refused_once_before_the_qpu(
     qubo = json.loads(QUBO.read_text())
     qubo["terms"].append([7, 7, -1.0])
     bad.write_text(json.dumps(qubo))
-    report, _, code = solve(rest_deployment(qpu.url, http_retries=3), tmp_path, bad)
+    report, code = solve(rest_deployment(qpu.url, http_retries=3), tmp_path, bad)
     assert code == 0
     failed, fallback = report["steps"]
     assert failed["quantum"] and failed["status"] == "failed" and fallback["fallback"]
@@ -303,7 +300,7 @@ def test_the_qpu_dying_mid_task_leaves_no_lease_behind(
         # the task takes 0.5 s on the QPU; the emulator exits (--faults) 0.25 s into it
         with emulator(2.5, port, "--faults", "die_mid_task"):
             deployment = shared_deployment(gateway_url, 10, classical)
-            report, elapsed, code = solve(deployment, tmp_path / "first")
+            report, code = solve(deployment, tmp_path / "first")
         err = capfd.readouterr().err
         quantum = report["steps"][0]
         assert quantum["quantum"] and quantum["status"] == "failed"
@@ -314,7 +311,6 @@ def test_the_qpu_dying_mid_task_leaves_no_lease_behind(
             assert report["steps"][1]["fallback"] and report["steps"][1]["status"] == "success"
         else:
             assert code != 0 and len(report["steps"]) == 1
-        assert elapsed < 12
         # the gateway released the lease although the QPU could not stop the task
         _, gateway = call(gateway_url, "GET", "/v1/stats", token=ADMIN)
         assert gateway["locations"]["qpu"] == {
@@ -322,7 +318,7 @@ def test_the_qpu_dying_mid_task_leaves_no_lease_behind(
         }  # fmt: skip
         # the QPU comes back at the same address: the next step gets it at once (max_wait 0)
         with emulator(0.5, port) as url:
-            report, _, code = solve(shared_deployment(gateway_url, 0, classical), tmp_path / "2")
+            report, code = solve(shared_deployment(gateway_url, 0, classical), tmp_path / "2")
             stats = emulator_stats(url, TOKEN)
         assert code == 0
         (record,) = report["steps"]
@@ -366,10 +362,7 @@ def test_the_client_reports_a_malformed_answer_without_a_traceback(tmp_path: Pat
 
 def test_the_client_gives_up_and_cancels_its_task_after_its_timeout(tmp_path: Path):
     with emulator(20) as url:  # 4 s of latency per task
-        begin = time.monotonic()
         proc = client(url, tmp_path, "--timeout", "1")
-        elapsed = time.monotonic() - begin
         stats = emulator_stats(url, TOKEN)
     assert proc.returncode == 1 and "after the timeout of 1 s; cancelled it" in proc.stderr
-    assert elapsed < 3.5
-    assert [t["state"] for t in stats["tasks"]] == ["cancelled"]
+    assert [t["state"] for t in stats["tasks"]] == ["cancelled"]  # not waited for: 4 s

@@ -14,6 +14,8 @@ from pathlib import Path
 from cwltool.main import setup_schema
 from cwltool.process import use_custom_schema
 
+from qflow.engine.schema_cache import load_schemas
+
 QFLOW_NAMESPACE = "https://qflow.dev/ns#"
 QUANTUM_CANDIDATE = QFLOW_NAMESPACE + "QuantumCandidate"
 
@@ -63,6 +65,8 @@ def _schema_text(version_file: str) -> str:
 
 
 def install_schemas() -> None:
-    """cwltool's extensions (Loop, ...) plus qflow's, for every CWL version qflow reads."""
+    """cwltool's extensions (Loop, ...) plus qflow's, for every CWL version qflow reads,
+    loaded from the schema cache where an earlier run left them (schema_cache.py)."""
     setup_schema(argparse.Namespace(enable_ext=True), None)
     use_custom_schema("v1.2", "http://commonwl.org/cwltool", _schema_text("extensions-v1.2.yml"))
+    load_schemas()
