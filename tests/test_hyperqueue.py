@@ -14,6 +14,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -27,6 +28,7 @@ from qflow.connector import JobOutcome, JobSpec, Resources
 from qflow.connectors import hyperqueue as hq_module
 from qflow.connectors import hyperqueue_task
 from qflow.connectors.hyperqueue import HyperQueueConnector, HyperQueueError
+from qflow.connectors.hyperqueue_client import HqClient
 from qflow.registry import connector_class
 from qflow.rundir.journal import read_journal
 from qflow.testing.hq_server import HqServer, HqUnavailable, start_server, stop_server
@@ -360,33 +362,31 @@ def test_two_jobs_overlap_on_a_two_core_worker(hq_server: HqServer, tmp_path: Pa
     assert a.started < b.ended and b.started < a.ended  # the two commands ran at once
 
 
-def test_event_loop_stays_responsive(hq_server: HqServer, tmp_path: Path) -> None:
-    """The HyperQueue client blocks (and holds the GIL): it must never run on the loop."""
+def test_the_blocking_client_never_runs_on_the_event_loop(
+    hq_server: HqServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HyperQueue client blocks (and holds the GIL): each of its calls runs on the
+    location's client thread, never on the loop's."""
+    calls: list[tuple[str, str]] = []
+    for name in ("_connect", "_submit", "_status"):
 
-    async def body(connector: HyperQueueConnector) -> float:
-        gaps: list[float] = []
-        stop = asyncio.Event()
+        def recording(self: HqClient, *args: Any, _original: Any = getattr(HqClient, name),
+                      _name: str = name) -> Any:  # fmt: skip
+            calls.append((_name, threading.current_thread().name))
+            return _original(self, *args)
 
-        async def ticker() -> None:
-            last = time.monotonic()
-            while not stop.is_set():
-                await asyncio.sleep(0.01)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
+        monkeypatch.setattr(HqClient, name, recording)
 
-        tick = asyncio.create_task(ticker())
-        jobs = [
-            make_spec(tmp_path, ["sleep", "1.2"], name=f"s{i}", stdout=f"o{i}") for i in range(3)
-        ]
+    async def body(connector: HyperQueueConnector) -> str:
+        jobs = [make_spec(tmp_path, ["true"], name=f"s{i}", stdout=f"o{i}") for i in range(3)]
         outcomes = await asyncio.gather(*(run_job(connector, j) for j in jobs))
-        stop.set()
-        await tick
         assert all(o.exit_code == 0 for o, _ in outcomes)
-        return max(gaps)
+        return threading.current_thread().name
 
-    worst = with_connector(hq_server, tmp_path, body)
-    assert worst < 0.5, f"the event loop was blocked for {worst:.2f} s"
+    loop_thread = with_connector(hq_server, tmp_path, body)
+    assert {name for name, _ in calls} == {"_connect", "_submit", "_status"}
+    assert all(thread.startswith("qflow-hq-") for _, thread in calls), calls
+    assert loop_thread not in {thread for _, thread in calls}
 
 
 def test_completion_latency_benchmark(hq_server: HqServer, tmp_path: Path) -> None:

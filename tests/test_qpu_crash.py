@@ -76,7 +76,7 @@ def _wait(condition: Any, proc: subprocess.Popen | None = None) -> None:
 
 def test_a_crashed_runs_qpu_task_is_stopped_at_the_qpu_by_the_resume(tmp_path: Path):
     rundir = tmp_path / "run"
-    with qpu(time_scale=0.05) as url:  # 6 s per task
+    with qpu(time_scale=0.1) as url:  # 12 s per task: the resume starts well before its end
         proc = qflow_interruptible("run", str(SOLVE), str(_deployment(tmp_path, url)),
                                    "--quiet", "--outdir", str(rundir), "--",
                                    "--qubo", str(QUBO))  # fmt: skip
