@@ -11,10 +11,13 @@ node per step, so no scheduler tick is waited for (both through slurm_salloc.py)
   the other nodes, taken when a classical phase needs more than one node and released when a
   quantum phase starts. (Slurm 22.05 without its accounting daemon cannot resize one job
   twice, see docs/strategies.md, so shrinking and growing is done with a second job.)
-* ``auto`` — at each quantum phase it decides from whether this run has met other jobs on the
-  partition and what it measured (earlier quantum phases, the waits for earlier grants):
-  *shrink* to the anchor (contention), *release* everything (the phase is expected to outlast
-  ``auto_keep_factor`` times the mean wait for getting nodes), or *keep* all nodes.
+* ``auto`` — one-node allocations, asked in parallel as steps need nodes (an anchor, then
+  extensions); a node no step waits for is given back as soon as its step ends (the anchor
+  is kept), and at each quantum phase it decides from whether this run has met other jobs on
+  the partition and what it measured (earlier quantum phases, the waits for earlier grants):
+  *shrink* to the anchor (contention), *release* everything (no contention, and the phase is
+  expected to outlast ``auto_keep_factor`` times the mean wait for getting nodes), or *keep*
+  all nodes.
 
 Every allocation is reported (nodes × its Slurm lifetime) as held node-seconds; steps inside
 an allocation report the node they used but no node-seconds of their own.
@@ -75,10 +78,12 @@ class SlurmAllocations:
         self._report = report
         self._held: list[_Allocation] = []
         self._changed = asyncio.Condition()
-        self._grow_task: asyncio.Task[None] | None = None
+        self._growing: dict[asyncio.Task[None], str] = {}
+        """Grows in flight -> the kind of allocation each asks for."""
         self._grow_error: Exception | None = None
         self._grant_waits: list[float] = []
         self._contended = False
+        self._last_decision: auto_rule.Decision | None = None
         """Seen once in this run: a grant that had to queue, or jobs pending at a decision."""
         self._quantum_since: float | None = None
         self._quantum_phases: list[float] = []
@@ -101,6 +106,7 @@ class SlurmAllocations:
         finally:
             async with self._changed:
                 allocation.busy.discard(node)
+                self._release_idle()
                 self._changed.notify_all()
         ended = time.time()
         self._expected[job.step] = ended - started
@@ -139,26 +145,50 @@ class SlurmAllocations:
                     if self._grow_error is not None:
                         error, self._grow_error = self._grow_error, None
                         raise error
-                    held = sum(len(a.nodes) for a in self._held)
-                    if held < self.size and self._grow_task is None:
-                        self._grow_task = asyncio.create_task(self._grow(self.size - held))
+                    self._start_grows()
                     await self._changed.wait()
             finally:
                 self._queue.remove(ticket)
                 self._changed.notify_all()  # the next in line may take a free node now
-                if not self._queue and self._grow_task is not None:
-                    self._grow_task.cancel()
+                if not self._queue:
+                    for task in self._growing:
+                        task.cancel()
+
+    def _start_grows(self) -> None:
+        """Ask for the nodes the waiting steps lack: ``auto`` one node per allocation, one
+        ``salloc`` per missing node, all at once; the others everything missing in one."""
+        held = sum(len(a.nodes) for a in self._held)
+        if self.strategy != "auto":
+            if held < self.size and not self._growing:
+                kind = "held" if self.strategy == "held" else self._next_kind()
+                self._grow_soon(self.size - held, kind)
+            return
+        free = sum(len(a.nodes) - len(a.busy) for a in self._held)
+        missing = min(len(self._queue) - free, self.size - held) - len(self._growing)
+        for _ in range(missing):
+            self._grow_soon(1, self._next_kind())
+
+    def _next_kind(self) -> str:
+        """``anchor`` unless one is held or asked for already, else ``extension``."""
+        kinds = [a.kind for a in self._held] + list(self._growing.values())
+        return "extension" if "anchor" in kinds else "anchor"
+
+    def _grow_soon(self, count: int, kind: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._grow(count, kind))
+        self._growing[task] = kind
+
+    def _release_idle(self) -> None:
+        """Give back the idle nodes nobody waits for, when the strategy says so (auto)."""
+        if self._queue or not auto_rule.release_when_idle(self.strategy, self._last_decision):
+            return
+        for allocation in list(self._held):
+            if allocation.kind != "anchor" and not allocation.busy:
+                self._release_soon(allocation)
 
     # -- allocations ------------------------------------------------------------------------
-    async def _grow(self, missing: int) -> None:
-        """Allocate ``missing`` nodes: all of them (held), else an anchor, then an extension."""
-        first = not self._held
-        if self.strategy == "held":
-            count, kind = missing, "held"
-        elif first:
-            count, kind = 1, "anchor"
-        else:
-            count, kind = missing, "extension"
+    async def _grow(self, missing: int, kind: str) -> None:
+        """Allocate ``missing`` nodes (held, an extension), or one (an anchor)."""
+        count = 1 if kind == "anchor" else missing
         exclude = [n for a in self._held for n in a.nodes]
         asked = time.time()
         try:
@@ -166,13 +196,14 @@ class SlurmAllocations:
             self._grant_waits.append(time.time() - asked)
             async with self._changed:
                 self._held.append(allocation)
+                self._release_idle()  # granted once nobody needed it any more
         except asyncio.CancelledError:
             pass  # withdrawn: nobody waits for these nodes any more
         except Exception as exc:  # noqa: BLE001 - handed to the waiting steps
             self._grow_error = exc
         finally:
             async with self._changed:
-                self._grow_task = None
+                self._growing.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
                 self._changed.notify_all()
 
     async def _salloc(self, count: int, kind: str, exclude: list[str]) -> _Allocation:
@@ -266,6 +297,7 @@ class SlurmAllocations:
                                     keep_factor=self.connector.config.auto_keep_factor)  # fmt: skip
         if others_pending:
             self._contended = True  # remembered: contention seen once is likely to come back
+        self._last_decision = decision
         return decision
 
     async def _others_waiting(self) -> bool:
@@ -278,9 +310,10 @@ class SlurmAllocations:
 
     async def close(self) -> None:
         """Release everything (end of run, interrupt)."""
-        if self._grow_task is not None:
-            self._grow_task.cancel()
-            await asyncio.gather(self._grow_task, return_exceptions=True)
+        growing = list(self._growing)
+        for task in growing:
+            task.cancel()
+        await asyncio.gather(*growing, return_exceptions=True)
         for allocation in list(self._held):
             await self._release(allocation)
         if self._releasing:

@@ -136,8 +136,9 @@ class SlurmConfig(ClassicalLocationConfig):
         default=2.0,
         gt=0,
         description="`auto` releases all its nodes at a quantum phase expected to last "
-        "more than this many times the mean wait it measured for getting nodes granted, "
-        "unless it met other jobs on the partition (then it shrinks to one node).",
+        "more than this many times the mean wait it measured for getting nodes granted (at "
+        "its first one when grants did not queue), unless it met other jobs on the partition "
+        "(then it shrinks to one node).",
     )
     poll_interval: float = Field(
         default=0.05,

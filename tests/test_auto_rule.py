@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from qflow.connectors.slurm import SlurmConnector
 from qflow.connectors.slurm_allocation import SlurmAllocations
-from qflow.connectors.slurm_auto_rule import decide, needs_pending_check
+from qflow.connectors.slurm_auto_rule import decide, needs_pending_check, release_when_idle
 
 FACTOR = 2.0
 
@@ -29,10 +29,14 @@ FACTOR = 2.0
         ("held", [10.0], [0.01], True, True, "keep"),
         ("malleable", [0.1], [5.0], False, False, "shrink"),
         ("malleable", [10.0], [0.01], False, False, "shrink"),
-        # auto, nothing measured yet: as malleable
+        # auto, nothing granted yet: as malleable
         ("auto", [], [], False, False, "shrink"),
-        ("auto", [], [0.01], False, False, "shrink"),
         ("auto", [10.0], [], False, False, "shrink"),
+        # auto, the first quantum phase: release unless others want nodes
+        ("auto", [], [0.01], False, False, "release"),
+        ("auto", [], [5.0], False, False, "release"),
+        ("auto", [], [0.01], False, True, "shrink"),
+        ("auto", [], [0.01], True, False, "shrink"),
         # auto, contention: now (jobs pending) or earlier in the run
         ("auto", [10.0, 6.0], [0.01, 3.0], False, True, "shrink"),
         ("auto", [10.0, 6.0], [0.01, 3.0], True, False, "shrink"),
@@ -71,8 +75,9 @@ def test_the_keep_factor_moves_the_line_between_keep_and_release():
     [
         ("held", [10.0], [0.01], False, False),
         ("malleable", [10.0], [0.01], False, False),
-        ("auto", [], [0.01], False, False),  # nothing measured: shrinks whatever squeue says
+        ("auto", [], [], False, False),  # nothing granted: shrinks whatever squeue says
         ("auto", [10.0], [], False, False),
+        ("auto", [], [0.01], False, True),  # first phase: release unless others pending
         ("auto", [10.0], [0.01], True, False),  # contention remembered: shrinks anyway
         ("auto", [10.0], [0.01], False, True),
         ("auto", [0.3], [0.2], False, True),
@@ -114,8 +119,10 @@ def test_the_rule_as_properties(
                  keep_factor=factor)  # fmt: skip
     if strategy != "auto":
         assert got == ("keep" if strategy == "held" else "shrink")
-    elif not phases or not waits or contended or pending:
+    elif not waits or contended or pending:
         assert got == "shrink"
+    elif not phases:
+        assert got == "release"
     else:
         mean_phase, mean_wait = sum(phases) / len(phases), sum(waits) / len(waits)
         assert got == ("release" if mean_phase > factor * mean_wait else "keep")
@@ -144,7 +151,7 @@ def _allocations(
 
 def test_decide_feeds_the_rule_and_remembers_contention():
     allocations, asked = _allocations("auto", [False, True, False])
-    assert asyncio.run(allocations.decide()) == "shrink" and asked == []  # nothing measured
+    assert asyncio.run(allocations.decide()) == "shrink" and asked == []  # nothing granted
     allocations._quantum_phases, allocations._grant_waits = [10.0, 6.0], [0.01, 3.0]
     assert asyncio.run(allocations.decide()) == "release" and asked == [False]
     assert not allocations._contended
@@ -167,3 +174,21 @@ def test_held_and_malleable_never_ask_squeue(strategy: str, decision: str):
     allocations, asked = _allocations(strategy, [])
     allocations._quantum_phases, allocations._grant_waits = [10.0], [0.01]
     assert asyncio.run(allocations.decide()) == decision and asked == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "last_decision", "releases"),
+    [
+        ("auto", None, True),  # before any quantum phase: as per-step
+        ("auto", "release", True),
+        ("auto", "shrink", True),  # contention: the others can use the node now
+        ("auto", "keep", False),  # grants too slow for the phases: nodes are worth keeping
+        ("malleable", None, False),
+        ("malleable", "shrink", False),
+        ("held", "keep", False),
+    ],
+)
+def test_which_strategies_give_back_a_node_nobody_waits_for(
+    strategy: str, last_decision: str | None, releases: bool
+):
+    assert release_when_idle(strategy, last_decision) == releases  # type: ignore[arg-type]

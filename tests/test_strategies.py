@@ -95,20 +95,24 @@ def test_malleable_shrinks_to_its_anchor_during_quantum_phases(slurm_cluster: An
     assert report["totals"]["node_seconds"] < 3 * report["wall_s"]
 
 
-def test_auto_releases_everything_once_quantum_phases_are_known_to_be_long(
+def test_auto_on_an_idle_cluster_holds_nodes_only_while_steps_use_them(
     slurm_cluster: Any, tmp_path: Path
 ):
     report = _run("auto", slurm_cluster, tmp_path)
-    anchors = sorted((a for a in report["allocations"] if a["kind"] == "anchor"),
-                     key=lambda a: a["started"])  # fmt: skip
-    first, second = _annealing(report)
-    # 1st quantum phase: nothing measured yet, it shrinks as malleable does; 2nd: the phase
-    # measured (~2.4 s) outlasts twice the waits for grants (ms), so the anchor goes too and a
-    # new one is granted for the silhouette step after it
-    assert len(anchors) == 2
-    assert anchors[0]["ended"] <= second["ended"] and anchors[1]["started"] >= first["ended"]
-    assert all(a["ended"] <= second["ended"] for a in report["allocations"]
-               if a["started"] <= second["started"])  # fmt: skip
+    allocations = report["allocations"]
+    assert all(a["nodes"] == 1 for a in allocations)  # one node each: given back one by one
+    # nobody else on the partition and grants in ms: every quantum phase releases all nodes,
+    # the anchor too, and the next classical step is granted a new anchor
+    anchors = [a for a in allocations if a["kind"] == "anchor"]
+    assert len(anchors) >= len(_annealing(report)) + 1
+    for quantum in _annealing(report):
+        assert all(a["ended"] <= quantum["ended"] for a in allocations
+                   if a["started"] <= quantum["started"])  # fmt: skip
+    # an extension is given back when its last step ends and no step waits for a node
+    for extension in (a for a in allocations if a["kind"] == "extension"):
+        prefix = extension["external_id"] + "@"
+        inside = [s for s in report["steps"] if (s["external_id"] or "").startswith(prefix)]
+        assert inside and extension["ended"] <= max(s["ended"] for s in inside) + 1.5
     _classical_steps_inside(report)
 
 
@@ -117,7 +121,9 @@ def test_auto_releases_everything_once_quantum_phases_are_known_to_be_long(
     [
         ("held", [10.0], [0.01], False, "keep"),
         ("malleable", [0.1], [5.0], False, "shrink"),
-        ("auto", [], [0.01], False, "shrink"),  # nothing measured yet: as malleable
+        ("auto", [], [], False, "shrink"),  # nothing granted yet: as malleable
+        ("auto", [], [0.01], False, "release"),  # first quantum phase, nobody else
+        ("auto", [], [0.01], True, "shrink"),  # the same, but a job waits
         ("auto", [10.0, 6.0], [0.01, 3.0], False, "release"),  # 8 s > 2 x 1.5 s (mean wait)
         ("auto", [10.0, 6.0], [0.01, 3.0], True, "shrink"),  # the same, but a job waits
         ("auto", [10.0, 6.0], [0.01, 9.0], False, "keep"),  # 8 s < 2 x 4.5 s
@@ -148,7 +154,7 @@ def test_the_decision_at_a_quantum_phase(
                                     "--wrap=true").strip()  # fmt: skip
     try:
         assert asyncio.run(allocations.decide()) == decision
-        if strategy == "auto" and quantum_s:  # contention, once seen, is remembered
+        if strategy == "auto" and grant_wait_s:  # contention, once seen, is remembered
             assert allocations._contended == others_pending
     finally:
         if pending:

@@ -48,8 +48,9 @@ class Policy(BaseModel):
         description="per-step: every step execution gets its own allocation, released when "
         "it ends; held: a location's nodes are allocated once for the whole run; malleable: a "
         "one-node allocation is kept, the other nodes are released during quantum phases; auto: "
-        "like malleable, deciding at each quantum phase from what the run measured. Applies to "
-        "Slurm locations (a location's `allocation` key overrides it).",
+        "one-node allocations given back as soon as no step waits for them, the first one kept "
+        "or not at each quantum phase from what the run measured (contention, waits for "
+        "grants). Applies to Slurm locations (a location's `allocation` key overrides it).",
     )
 
     placement: PlacementRule = Field(
