@@ -80,9 +80,10 @@ def _read(path: Path) -> Any | None:
 
 def _write(path: Path, schema: Any) -> None:
     try:
+        data = pickle.dumps(schema, protocol=pickle.HIGHEST_PROTOCOL)  # before any file exists
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as out:
-            out.write(pickle.dumps(schema, protocol=pickle.HIGHEST_PROTOCOL))
+            out.write(data)
         os.replace(out.name, path)  # readers see a whole file or none
     except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
         log.debug("%s: not written (%s)", path, exc)
