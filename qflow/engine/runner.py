@@ -27,7 +27,7 @@ from cwltool.argparser import arg_parser
 from cwltool.context import LoadingContext
 
 from qflow.deployment import Deployment
-from qflow.engine import cwltool_scale
+from qflow.engine import cwltool_scale, javascript
 from qflow.engine.dispatcher import Dispatcher
 from qflow.engine.executor import QflowExecutor
 from qflow.engine.reuse import ReuseStore
@@ -132,6 +132,7 @@ def run_cwl(
 
     executor = QflowExecutor(dispatcher, job_source=job_source, on_validated=take_run_directory)
     cwltool_scale.install()
+    javascript.install()
     log_handler = logging.StreamHandler(sys.stderr)  # plain, instead of cwltool's coloredlogs
     log_handler.addFilter(RedactingFilter())
     cwltool_logger = logging.getLogger("cwltool")
