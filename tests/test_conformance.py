@@ -45,6 +45,7 @@ def test_required_conformance_through_qflow(tmp_path: Path):
     not (SUITE / "conformance_tests.yaml").is_file(),
     reason=f"CWL v1.2 conformance suite not found at {SUITE}",
 )
+@pytest.mark.xdist_group("containers")  # one worker builds and uses the images
 def test_docker_conformance_in_podman_through_qflow(tmp_path: Path, container_images):
     passed, failed = _cwltest(tmp_path, "docker", "--podman")
     assert not failed and len(passed) == 11

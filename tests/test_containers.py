@@ -40,7 +40,10 @@ bindings:
   default: here
 """
 
-pytestmark = pytest.mark.usefixtures("container_images")
+pytestmark = [
+    pytest.mark.usefixtures("container_images"),
+    pytest.mark.xdist_group("containers"),  # one worker builds and uses the images
+]
 
 
 def _run_in_image(tmp_path: Path, location: str) -> dict[str, Any]:

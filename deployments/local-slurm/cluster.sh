@@ -228,11 +228,12 @@ ensure_packages() {
     [ $missing = 0 ] && return 0
     command -v apt-get >/dev/null 2>&1 || die "Slurm is not installed and apt-get is missing"
     log "installing slurmctld slurmd slurm-client munge with apt-get"
-    {
-        DEBIAN_FRONTEND=noninteractive apt-get update &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-                slurmctld slurmd slurm-client munge
-    } >"$DIR/apt.log" 2>&1 || {
+    # one apt-get at a time on this host (qflow/testing/debian.py takes the same lock)
+    mkdir -p /var/lock
+    DEBIAN_FRONTEND=noninteractive flock /var/lock/qflow-apt.lock sh -c '
+        apt-get -o DPkg::Lock::Timeout=600 update &&
+            apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends \
+                slurmctld slurmd slurm-client munge' >"$DIR/apt.log" 2>&1 || {
         tail -n 20 "$DIR/apt.log" >&2
         die "apt-get install failed (log: $DIR/apt.log)"
     }

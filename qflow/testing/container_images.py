@@ -31,6 +31,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from qflow.testing.debian import apt_install
+
 SUITE = "bookworm"
 PACKAGES = (
     "base-files", "bash", "dash", "coreutils", "util-linux", "grep", "sed", "findutils",
@@ -86,7 +88,7 @@ def ensure_podman() -> dict[str, str]:
     """Podman, runc, catatonit (from Debian if missing) and qflow's containers.conf; the
     variables to set."""
     if not all(shutil.which(command) for command in ("podman", "runc", "catatonit")):
-        _apt_install("podman", "runc", "catatonit")
+        apt_install("podman", "runc", "catatonit")
     conf = cache_dir().parent / "containers.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     if not conf.is_file() or conf.read_text() != CONTAINERS_CONF:
@@ -135,7 +137,7 @@ def _rootfs(key: str) -> Path:
     if tarball.is_file():
         return tarball
     if shutil.which("mmdebstrap") is None:
-        _apt_install("mmdebstrap")
+        apt_install("mmdebstrap")
     tarball.parent.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_suffix(".partial")
     excluded = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")]
@@ -174,14 +176,6 @@ def _add(
     content = (data or "").encode()
     info.size = len(content)
     tar.addfile(info, io.BytesIO(content) if data is not None else None)
-
-
-def _apt_install(*packages: str) -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
-    if subprocess.run(command, env=env, capture_output=True).returncode != 0:
-        run_checked(["apt-get", "update", "-qq"], env)
-        run_checked(command, env)
 
 
 def run_checked(command: list[str], env: dict[str, str] | None = None) -> str:

@@ -36,8 +36,10 @@ from qflow.testing.slurm_cluster import (
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """qflow's modules are byte-compiled once, not in every qflow process a test starts."""
-    compile_sources()
+    """qflow's modules are byte-compiled once, not in every qflow process a test starts
+    (by the controller when pytest-xdist runs workers)."""
+    if not hasattr(session.config, "workerinput"):
+        compile_sources()
 
 
 IDLE_WAIT_S = 60.0

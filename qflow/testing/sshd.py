@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from qflow.testing.debian import apt_install
 from qflow.testing.processes import free_port, kill_tree
 from qflow.testing.slurm_cluster import START_TIMEOUT_S, ClusterUnavailable
 
@@ -50,16 +51,12 @@ def start_sshd(directory: Path) -> SshServer:
     if not os.access(sshd, os.X_OK):
         if shutil.which("apt-get") is None:
             raise ClusterUnavailable("openssh-server is not installed and apt-get is missing")
-        proc = subprocess.run(
-            "apt-get update && apt-get install -y --no-install-recommends openssh-server",
-            shell=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            timeout=START_TIMEOUT_S,
-        )
-        if proc.returncode != 0 or not os.access(sshd, os.X_OK):
-            raise ClusterUnavailable(f"cannot install openssh-server: {proc.stderr[-500:]}")
+        try:
+            apt_install("openssh-server", timeout=START_TIMEOUT_S)
+        except subprocess.CalledProcessError as exc:
+            raise ClusterUnavailable(f"cannot install openssh-server: {exc.stderr[-500:]}") from exc
+        if not os.access(sshd, os.X_OK):
+            raise ClusterUnavailable(f"openssh-server is installed but {sshd} is missing")
     directory.mkdir(parents=True, exist_ok=True)
     hostkey, key = directory / "host_ed25519", directory / "id_ed25519"
     for path in (hostkey, key):
